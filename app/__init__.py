@@ -1,0 +1,1 @@
+"""The HTTP API: validates requests, enqueues jobs, relays job event streams as SSE."""

@@ -1,0 +1,89 @@
+"""API errors and the one place that maps every error to an HTTP response with a stable code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.errors import BadRequest, RagError
+
+log = structlog.get_logger("app")
+
+
+class NotFound(RagError):
+    code = "not_found"
+    permanent = True
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class InvalidLastEventId(BadRequest):
+    code = "invalid_last_event_id"
+
+
+_STATUS = {BadRequest: 400, NotFound: 404}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def handle_rag_error(_: Request[Any, Any, Any], exc: RagError) -> Response[Any]:
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 503 if not exc.permanent else 500)
+    return error_response(status, exc.code, exc.message)
+
+
+def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    details = "; ".join(str(e.get("message", e)) for e in (exc.extra or []) if isinstance(e, dict))
+    message = exc.detail if not details else f"{exc.detail}: {details}"
+    code = "invalid_json" if "JSON" in (exc.detail or "") or "decode" in message.lower() else "invalid_request"
+    return error_response(400, code, message)
+
+
+def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return error_response(
+        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail, headers=exc.headers
+    )
+
+
+def handle_redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("redis_unavailable", error=str(exc))
+    return error_response(503, "redis_unavailable", "the job queue (Redis) is unavailable; retry shortly",
+                          headers={"Retry-After": "2"})
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled_error", error=repr(exc))
+    return error_response(500, "internal_error", "internal error")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    RagError: handle_rag_error,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    RedisConnectionError: handle_redis_down,
+    RedisTimeoutError: handle_redis_down,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,96 @@
+"""Jobs as the API sees them: submitting queries and reading a job's status from its events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from core.errors import BadRequest
+from core.events import EventWriter
+from core.keys import Keys, valid_job_id
+from core.protocol import Done, Error, Query, decode_event, new_job
+from app.errors import JobNotFound
+from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from core.settings import Settings
+
+_STATUS: dict[str, JobStatus] = {
+    "sources": "running",
+    "token": "running",
+    "progress": "running",
+    "restart": "running",
+    "done": "done",
+    "error": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def links(job_id: str) -> Links:
+    return Links(self=f"/v1/queries/{job_id}", events=f"/v1/queries/{job_id}/events")
+
+
+class Jobs:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.redis.prefix)
+        self._events = EventWriter(redis, self.keys, settings.limits)
+
+    def validate(self, request: QueryRequest) -> Query:
+        limits = self.settings.limits
+        question = request.question.strip()
+        if not question:
+            raise BadRequest("the question is empty", code="empty_question")
+        if len(question) > limits.question_max_chars:
+            raise BadRequest(
+                f"the question has {len(question)} characters; the limit is {limits.question_max_chars}",
+                code="question_too_long",
+            )
+        top_k = request.top_k if request.top_k is not None else limits.top_k_default
+        if not 1 <= top_k <= limits.top_k_max:
+            raise BadRequest(f"top_k must be between 1 and {limits.top_k_max}", code="invalid_top_k")
+        return Query(question=question, top_k=top_k, collection=request.collection or None)
+
+    async def submit_query(self, request: QueryRequest) -> str:
+        query = self.validate(request)
+        job = new_job(query)
+        await self._events.submit(job, self.keys.queries, {"question": query.question})
+        return job.id
+
+    async def require(self, job_id: str) -> dict[bytes, bytes]:
+        if not valid_job_id(job_id):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        record = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.record(job_id)))
+        if not record:
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
+        return record
+
+    async def view(self, job_id: str) -> JobView:
+        record = await self.require(job_id)
+        view = JobView(
+            id=job_id,
+            kind=record.get(b"kind", b"query").decode(),
+            status="queued",
+            created_ms=int(record.get(b"created_ms", b"0")),
+            question=record[b"question"].decode() if b"question" in record else None,
+            links=links(job_id),
+        )
+        last = await self.redis.xrevrange(self.keys.events(job_id), count=1)
+        if not last:
+            return view
+        kind = last[0][1][b"type"].decode()
+        view.status = _STATUS.get(kind, "running")
+        if kind in ("done", "error"):
+            event = decode_event(last[0][1][b"data"])
+            if isinstance(event, Done):
+                view.answer = event.answer
+                view.citations = event.citations
+                view.usage = event.usage
+                view.timings = event.timings
+                if view.kind == "ingest":
+                    view.chunks = event.chunks
+            elif isinstance(event, Error):
+                view.error = ErrorInfo(code=event.code, message=event.message)
+        return view

@@ -1,0 +1,38 @@
+"""The one assembly point: ``create_app(settings)`` (also a uvicorn factory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+
+from app.errors import EXCEPTION_HANDLERS
+from app.jobs import Jobs
+from app.routes import QueryController, healthz, readyz
+from core.logs import configure_logging
+from core.redis import connect
+from core.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        redis = connect(settings.redis)
+        app.state.jobs = Jobs(redis, settings)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    return Litestar(
+        route_handlers=[QueryController, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
+        request_max_body_size=1024 * 1024,
+    )

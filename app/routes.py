@@ -1,0 +1,94 @@
+"""HTTP routes: queries as jobs, the one-shot /v1/ask stream, and health."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from app.errors import InvalidLastEventId
+from app.jobs import Jobs, links
+from app.relay import relay, valid_entry_id
+from app.schemas import Accepted, Health, JobView, QueryRequest
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _jobs(state: State) -> Jobs:
+    return state.jobs  # type: ignore[no-any-return]
+
+
+class QueryController(Controller):
+    path = "/v1"
+    tags = ["queries"]
+
+    @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job")
+    async def submit(self, state: State, data: QueryRequest) -> Response[Accepted]:
+        job_id = await _jobs(state).submit_query(data)
+        return Response(
+            Accepted(id=job_id, links=links(job_id)),
+            status_code=HTTP_202_ACCEPTED,
+            headers={"Location": f"/v1/queries/{job_id}"},
+        )
+
+    @get("/queries/{job_id:str}", summary="A job's status, and its answer once done")
+    async def status(self, state: State, job_id: str) -> JobView:
+        return await _jobs(state).view(job_id)
+
+    @get("/queries/{job_id:str}/events", summary="The job's events as Server-Sent Events (resumable)")
+    async def events(
+        self,
+        state: State,
+        job_id: str,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False)] = None,
+        after: Annotated[str | None, Parameter(query="after", required=False)] = None,
+    ) -> ServerSentEvent:
+        jobs = _jobs(state)
+        await jobs.require(job_id)
+        cursor = last_event_id if last_event_id is not None else after
+        if cursor is not None:
+            cursor = cursor.strip()
+            if not valid_entry_id(cursor):
+                raise InvalidLastEventId(
+                    f"Last-Event-ID {cursor[:64]!r} is not an event id of this service (expected like 1700000000000-0)"
+                )
+        return ServerSentEvent(
+            relay(jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
+                  keepalive_s=jobs.settings.api.keepalive_s),
+            headers=SSE_HEADERS,
+        )
+
+    @post("/ask", status_code=200, summary="Ask and stream the answer as Server-Sent Events in one request")
+    async def ask(self, state: State, data: QueryRequest) -> ServerSentEvent:
+        jobs = _jobs(state)
+        job_id = await jobs.submit_query(data)
+        return ServerSentEvent(
+            relay(jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s),
+            headers={**SSE_HEADERS, "X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"},
+        )
+
+
+@get("/healthz", tags=["health"], summary="The process is up")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"], summary="Redis is reachable and the consumer groups exist")
+async def readyz(state: State, request: Request[Any, Any, Any]) -> Response[Health]:
+    jobs = _jobs(state)
+    checks: dict[str, Any] = {}
+    try:
+        await jobs.redis.ping()
+        checks["redis"] = "ok"
+        groups = await jobs.redis.xinfo_groups(jobs.keys.queries)
+        checks["consumer_group"] = "ok" if groups else "missing"
+        checks["queued"] = int(await jobs.redis.xlen(jobs.keys.queries))
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks.setdefault("redis", f"error: {exc}")
+        checks.setdefault("consumer_group", "unknown")
+    ok = checks.get("redis") == "ok" and checks.get("consumer_group") == "ok"
+    return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)

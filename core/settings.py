@@ -1,0 +1,213 @@
+"""Settings: one frozen msgspec Struct tree, loaded once from RAG_* environment variables.
+
+Every field of a section maps to ``RAG_<SECTION>_<FIELD>`` (``RAG_REDIS_URL``,
+``RAG_WORKER_BATCH_SIZE``); top-level fields map to ``RAG_<FIELD>`` (``RAG_DATA_DIR``).
+An optional ``.env`` file in the working directory supplies values the environment
+does not. A bad value stops the process with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+from msgspec import Meta, Struct
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class RedisSettings(Struct, frozen=True, kw_only=True):
+    #: Empty means "start an embedded Valkey" for the run command; processes need a URL.
+    url: str = "redis://127.0.0.1:6379/0"
+    #: Every key carries this prefix; tests isolate by prefix.
+    prefix: str = "rag"
+
+
+class QdrantSettings(Struct, frozen=True, kw_only=True):
+    #: Unset: the embedded qdrant-edge shard under ``<data_dir>/qdrant``.
+    url: str | None = None
+    api_key: str | None = None
+    collection: str = "chunks"
+
+
+class EmbedderSettings(Struct, frozen=True, kw_only=True):
+    #: ``onnx``: the int8 MiniLM in-process; ``openai``: any OpenAI-compatible embeddings endpoint.
+    backend: Literal["onnx", "openai"] = "onnx"
+    base_url: str | None = None
+    api_key: str = "unused"
+    model: str = "all-MiniLM-L6-v2"
+    #: Texts per ONNX run; larger batches pad more, smaller ones pay more per-call overhead.
+    onnx_batch: PositiveInt = 32
+    #: Intra-op threads for onnxruntime; 0 lets onnxruntime decide (all cores).
+    threads: NonNegInt = 0
+
+
+class LLMSettings(Struct, frozen=True, kw_only=True):
+    #: ``openai``: an OpenAI-compatible chat endpoint (llama_cpp.server, vLLM, OpenAI...);
+    #: ``extractive``: answer with the best cited passages, no LLM at all.
+    backend: Literal["openai", "extractive"] = "openai"
+    base_url: str | None = "http://127.0.0.1:8001/v1"
+    api_key: str = "unused"
+    model: str = "smollm2"
+    max_tokens: PositiveInt = 256
+    temperature: Annotated[float, Meta(ge=0, le=2)] = 0.2
+    timeout_s: PositiveFloat = 120.0
+    #: Characters of retrieved context per source put into the prompt.
+    context_chars: PositiveInt = 900
+
+
+class WorkerSettings(Struct, frozen=True, kw_only=True):
+    #: Most jobs read and embedded together.
+    batch_size: PositiveInt = 16
+    #: How long a batch waits for more jobs after its first one arrived.
+    batch_wait_ms: NonNegInt = 5
+    #: Consumers in one worker process (``--concurrency``).
+    concurrency: PositiveInt = 1
+    #: Answers generated at once per consumer (the generation semaphore).
+    max_generations: PositiveInt = 8
+    #: Tokens are coalesced for this long before one XADD.
+    token_flush_ms: NonNegInt = 20
+    #: A pending job idle this long is claimed by another consumer (XAUTOCLAIM).
+    claim_idle_ms: PositiveInt = 60_000
+    #: Deliveries after which a job goes to the dead-letter stream.
+    max_deliveries: PositiveInt = 3
+    #: XREADGROUP BLOCK timeout; bounds how fast a consumer notices shutdown.
+    block_ms: PositiveInt = 1_000
+    #: SIGTERM grace period for in-flight jobs.
+    shutdown_grace_s: PositiveFloat = 30.0
+
+
+class ApiSettings(Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    #: SSE keepalive comment interval.
+    keepalive_s: PositiveFloat = 15.0
+
+
+class LimitSettings(Struct, frozen=True, kw_only=True):
+    question_max_chars: PositiveInt = 2_000
+    top_k_default: PositiveInt = 5
+    top_k_max: PositiveInt = 20
+    #: Entries kept per job event stream (MAXLEN ~).
+    events_maxlen: PositiveInt = 5_000
+    #: Seconds a job's events and record live after their last write.
+    events_ttl_s: PositiveInt = 86_400
+
+
+class IngestSettings(Struct, frozen=True, kw_only=True):
+    chunk_words: PositiveInt = 180
+    overlap_words: NonNegInt = 40
+    #: Chunks per message on the ingest stream.
+    batch_chunks: PositiveInt = 32
+    max_file_mb: PositiveInt = 200
+
+
+class Settings(Struct, frozen=True, kw_only=True):
+    data_dir: str = "data"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``auto``: JSON unless stdout is a terminal.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    redis: RedisSettings = RedisSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    llm: LLMSettings = LLMSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+    limits: LimitSettings = LimitSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @property
+    def qdrant_path(self) -> Path:
+        return Path(self.data_dir) / "qdrant"
+
+
+class SettingsError(Exception):
+    """A RAG_* variable has a value the service cannot use."""
+
+
+def env_names() -> dict[str, tuple[str, ...]]:
+    """Every RAG_* variable and the settings path it sets, in declaration order."""
+    names: dict[str, tuple[str, ...]] = {}
+    for field in msgspec.structs.fields(Settings):
+        if isinstance(field.default, Struct):
+            for sub in msgspec.structs.fields(type(field.default)):
+                names[f"RAG_{field.name}_{sub.name}".upper()] = (field.name, sub.name)
+        else:
+            names[f"RAG_{field.name}".upper()] = (field.name,)
+    return names
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; '#' comments and surrounding quotes allowed."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        values[key] = value.strip().strip("'\"")
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build Settings from the environment (and .env); raises SettingsError naming the variable."""
+    env = dict(read_dotenv(dotenv)) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+    names = env_names()
+    unknown = sorted(k for k in env if k.startswith("RAG_") and k not in names)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (known: see README, 'Configuration')")
+    tree: dict[str, Any] = {}
+    for var, path in names.items():
+        if var not in env:
+            continue
+        raw: str | None = env[var]
+        if raw == "" or (raw is not None and raw.lower() in {"none", "null"}):
+            raw = None
+        if len(path) == 1:
+            if raw is not None:
+                tree[path[0]] = raw
+        else:
+            tree.setdefault(path[0], {})[path[1]] = raw
+    try:
+        return _convert(tree)
+    except msgspec.ValidationError as exc:
+        var = _var_for_error(str(exc), names)
+        raise SettingsError(f"{var}: {exc}") from None
+
+
+def _convert(tree: dict[str, Any]) -> Settings:
+    # Unset strings become None only where the field allows it; otherwise keep the default.
+    for section, values in list(tree.items()):
+        if isinstance(values, dict):
+            for key, value in list(values.items()):
+                if value is None and not _optional(section, key):
+                    del values[key]
+    return msgspec.convert(tree, Settings, strict=False)
+
+
+def _optional(section: str, key: str) -> bool:
+    default = getattr(Settings(), section)
+    for field in msgspec.structs.fields(type(default)):
+        if field.name == key:
+            return "None" in repr(field.type)
+    return False
+
+
+def _var_for_error(message: str, names: dict[str, tuple[str, ...]]) -> str:
+    # msgspec reports the failing path as "at `$.section.field`".
+    if "`$." in message:
+        path = tuple(message.split("`$.", 1)[1].split("`", 1)[0].split("."))
+        for var, p in names.items():
+            if p == path:
+                return var
+    return "RAG_*"

@@ -1,0 +1,167 @@
+"""Answering a batch of queries: one embed call, one batched search, then concurrent generations."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from msgspec import Struct
+
+from core.errors import BadRequest, RagError
+from core.protocol import Done, Error, Query, Restart, Source, Sources, Timings, Token, now_ms
+from workers.generator import Answer
+from workers.store import DEFAULT_COLLECTION, Hit
+from workers.tokens import TokenCoalescer
+
+if TYPE_CHECKING:
+    from core.events import EventWriter
+    from core.settings import Settings
+    from workers.consumer import Consumer, Delivery
+    from workers.embedder import Embedder
+    from workers.generator import Generator
+    from workers.metrics import Metrics
+    from workers.store import VectorStore
+
+log = structlog.get_logger("workers.answers")
+
+_CITATION = re.compile(r"\[(\d+)\]")
+
+
+class Prepared(Struct):
+    """A query after retrieval, ready for generation."""
+
+    delivery: Delivery
+    query: Query
+    sources: list[Source]
+    timings: Timings
+
+
+def to_sources(hits: list[Hit]) -> list[Source]:
+    return [
+        Source(
+            n=i,
+            file=str(h.payload.get("file", "")),
+            page=int(h.payload.get("page", 0)),
+            page_end=int(h.payload.get("page_end", h.payload.get("page", 0))),
+            score=round(h.score, 4),
+            snippet=str(h.payload.get("text", "")),
+            document_id=str(h.payload.get("document_id", "")),
+            chunk_id=h.id,
+        )
+        for i, h in enumerate(hits, start=1)
+    ]
+
+
+def cited(answer: str, sources: list[Source]) -> list[Source]:
+    """The sources the answer cites as [n]; all of them when it cites none."""
+    numbers = {int(n) for n in _CITATION.findall(answer)}
+    picked = [s for s in sources if s.n in numbers]
+    return picked or sources
+
+
+class QueryPipeline:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        embedder: Embedder,
+        store: VectorStore,
+        generator: Generator,
+        events: EventWriter,
+        consumer: Consumer,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._store = store
+        self._generator = generator
+        self._events = events
+        self._consumer = consumer
+        self._metrics = metrics
+
+    async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
+        """Embed every question in one call, search once for all, and send each job its sources."""
+        started = time.perf_counter()
+        picked_ms = now_ms()
+        valid: list[tuple[Delivery, Query]] = []
+        for delivery in deliveries:
+            job = delivery.job
+            if job is None or not isinstance(job.payload, Query):
+                await self._consumer.dead_letter(delivery, "malformed_job", delivery.malformed or "not a query")
+                continue
+            question = job.payload.question.strip()
+            if not question:
+                await self.fail(delivery, BadRequest("the question is empty", code="empty_question"))
+                continue
+            valid.append((delivery, job.payload))
+        if not valid:
+            return []
+        questions = [q.question for _, q in valid]
+        vectors = await self._embedder.embed(questions)
+        embedded = time.perf_counter()
+        limit = max(q.top_k for _, q in valid)
+        results = await self._store.search_batch(
+            vectors, limit=limit, collection=[q.collection or DEFAULT_COLLECTION for _, q in valid]
+        )
+        searched = time.perf_counter()
+        await self._metrics.incr(query_batches=1, query_embed_calls=1, queries_embedded=len(valid), searches=1)
+        log.info("query_batch", size=len(valid), embed_ms=round((embedded - started) * 1000, 1),
+                 search_ms=round((searched - embedded) * 1000, 2))
+        prepared = []
+        for (delivery, query), hits in zip(valid, results):
+            assert delivery.job is not None
+            if delivery.deliveries > 1:
+                await self._events.emit(delivery.job.id, Restart(delivery=delivery.deliveries))
+            sources = to_sources(hits[: query.top_k])
+            await self._events.emit(delivery.job.id, Sources(sources=sources))
+            timings = Timings(
+                queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
+                embed_ms=round((embedded - started) * 1000, 2),
+                search_ms=round((searched - embedded) * 1000, 2),
+                batch_size=len(valid),
+            )
+            prepared.append(Prepared(delivery, query, sources, timings))
+        return prepared
+
+    async def answer(self, item: Prepared) -> None:
+        """Stream the answer's tokens, then ``done``; acknowledge only after ``done`` is written."""
+        job = item.delivery.job
+        assert job is not None
+        started = time.perf_counter()
+        first_token = 0.0
+        result = Answer()
+
+        async def emit(text: str) -> None:
+            await self._events.emit(job.id, Token(text=text))
+
+        tokens = TokenCoalescer(emit, self._settings.worker.token_flush_ms)
+        async for delta in self._generator.stream(item.query.question, item.sources, result):
+            if not first_token:
+                first_token = time.perf_counter()
+            await tokens.add(delta)
+        await tokens.flush()
+        finished = time.perf_counter()
+        answer = tokens.answer
+        timings = Timings(
+            queued_ms=item.timings.queued_ms,
+            embed_ms=item.timings.embed_ms,
+            search_ms=item.timings.search_ms,
+            first_token_ms=round(((first_token or finished) - started) * 1000, 1),
+            generate_ms=round((finished - started) * 1000, 1),
+            total_ms=float(now_ms() - job.created_ms),
+            batch_size=item.timings.batch_size,
+        )
+        await self._events.emit(
+            job.id, Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage, timings=timings)
+        )
+        await self._consumer.ack(item.delivery)
+        await self._metrics.incr(answers=1, token_events=tokens.flushes)
+
+    async def fail(self, delivery: Delivery, error: RagError) -> None:
+        """Tell the client and dead-letter the job: for permanent errors and exhausted retries."""
+        if delivery.job is not None:
+            await self._events.emit(delivery.job.id, Error(code=error.code, message=error.message))
+        await self._consumer.dead_letter(delivery, error.code, error.message)
+        await self._metrics.incr(failed=1)

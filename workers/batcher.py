@@ -1,0 +1,66 @@
+"""Micro-batching: the only module that decides which jobs are handled together.
+
+A query batch closes at ``size`` jobs or ``wait_ms`` after its first job, whichever
+comes first. An ingest batch is one message (itself a batch of chunks), taken only
+when no query is waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from msgspec import Struct
+
+if TYPE_CHECKING:
+    from core.keys import Keys
+    from workers.consumer import Consumer, Delivery
+
+
+class Batch(Struct):
+    kind: str  # "query" | "ingest" | "idle"
+    deliveries: list[Delivery]
+
+
+class Batcher:
+    def __init__(self, consumer: Consumer, keys: Keys, *, wait_ms: int, block_ms: int) -> None:
+        self._consumer = consumer
+        self._keys = keys
+        self._wait = wait_ms / 1000
+        self._block_ms = block_ms
+        # Ingest messages that arrived in the same blocking read as queries: already
+        # pending for this consumer, handled once the queries are.
+        self._held: deque[Delivery] = deque()
+
+    @property
+    def holding(self) -> int:
+        return len(self._held)
+
+    async def next(self, size: int, *, block: bool = True) -> Batch:
+        """The next batch, queries first; ``idle`` when nothing arrived within the block timeout."""
+        queries = await self._consumer.read(self._keys.queries, count=size)
+        if not queries:
+            if self._held:
+                return Batch("ingest", [self._held.popleft()])
+            ingest = await self._consumer.read(self._keys.ingest, count=1)
+            if ingest:
+                return Batch("ingest", ingest)
+            if not block:
+                return Batch("idle", [])
+            # COUNT 1: a blocking read must not hoard ingest batches other consumers could take.
+            arrived = await self._consumer.wait_any(count=1, block_ms=self._block_ms)
+            queries = [d for d in arrived if d.stream == self._keys.queries]
+            self._held.extend(d for d in arrived if d.stream != self._keys.queries)
+            if not queries:
+                return Batch("ingest", [self._held.popleft()]) if self._held else Batch("idle", [])
+        deadline = time.monotonic() + self._wait
+        while len(queries) < size:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms < 1:
+                break
+            more = await self._consumer.read(self._keys.queries, count=size - len(queries), block_ms=remaining_ms)
+            if not more:
+                break
+            queries.extend(more)
+        return Batch("query", queries)

