@@ -17,7 +17,7 @@ _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 def valid_entry_id(value: str) -> bool:
-    return bool(_ENTRY_ID.match(value))
+    return bool(_ENTRY_ID.fullmatch(value))
 
 
 def _key(a: bytes) -> tuple[int, int]:

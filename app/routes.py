@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 from litestar.status_codes import HTTP_202_ACCEPTED
 
@@ -27,7 +27,7 @@ class QueryController(Controller):
     tags = ["queries"]
 
     @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job")
-    async def submit(self, state: State, data: QueryRequest) -> Response[Accepted]:
+    async def submit(self, state: State, data: JSONBody[QueryRequest]) -> Response[Accepted]:
         job_id = await _jobs(state).submit_query(data)
         return Response(
             Accepted(id=job_id, links=links(job_id)),
@@ -36,16 +36,16 @@ class QueryController(Controller):
         )
 
     @get("/queries/{job_id:str}", summary="A job's status, and its answer once done")
-    async def status(self, state: State, job_id: str) -> JobView:
+    async def status(self, state: State, job_id: FromPath[str]) -> JobView:
         return await _jobs(state).view(job_id)
 
     @get("/queries/{job_id:str}/events", summary="The job's events as Server-Sent Events (resumable)")
     async def events(
         self,
         state: State,
-        job_id: str,
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", required=False)] = None,
-        after: Annotated[str | None, Parameter(query="after", required=False)] = None,
+        job_id: FromPath[str],
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
+        after: Annotated[str | None, QueryParameter(name="after", required=False)] = None,
     ) -> ServerSentEvent:
         jobs = _jobs(state)
         await jobs.require(job_id)
@@ -63,7 +63,7 @@ class QueryController(Controller):
         )
 
     @post("/ask", status_code=200, summary="Ask and stream the answer as Server-Sent Events in one request")
-    async def ask(self, state: State, data: QueryRequest) -> ServerSentEvent:
+    async def ask(self, state: State, data: JSONBody[QueryRequest]) -> ServerSentEvent:
         jobs = _jobs(state)
         job_id = await jobs.submit_query(data)
         return ServerSentEvent(

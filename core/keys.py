@@ -36,4 +36,4 @@ class Keys:
 
 
 def valid_job_id(job_id: str) -> bool:
-    return bool(_JOB_ID.match(job_id))
+    return bool(_JOB_ID.fullmatch(job_id))

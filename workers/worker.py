@@ -10,6 +10,8 @@ import time
 from contextlib import AsyncExitStack
 
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.errors import RagError
 from core.events import EventWriter
@@ -35,6 +37,22 @@ async def open_store(settings: Settings, dim: int) -> VectorStore:
     return await asyncio.to_thread(EdgeStore, settings.qdrant_path, dim)
 
 
+async def wait_for_redis(redis: Redis, url: str, stopping: asyncio.Event, timeout_s: float = 60.0) -> None:
+    """Redis may still be starting (the run command starts everything at once): retry for a while."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            await redis.ping()
+            return
+        except (RedisConnectionError, OSError) as exc:
+            if time.monotonic() > deadline or stopping.is_set():
+                raise ConnectionError(f"Redis at {url} is unreachable: {exc}") from None
+            log.info("waiting_for_redis", url=url, retry_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 class Worker:
     def __init__(self, settings: Settings, *, concurrency: int | None = None, burst: bool = False) -> None:
         self.settings = settings
@@ -42,6 +60,9 @@ class Worker:
         self.burst = burst
         self.keys = Keys(settings.redis.prefix)
         self.stopping = asyncio.Event()
+        #: Set once models, store and consumer groups are ready.
+        self.ready = asyncio.Event()
+        self.metrics: Metrics | None = None
 
     def stop(self) -> None:
         """Stop taking work; in-flight jobs get the grace period."""
@@ -49,14 +70,15 @@ class Worker:
             log.info("worker_stopping", grace_s=self.settings.worker.shutdown_grace_s)
         self.stopping.set()
 
-    async def run(self) -> None:
+    async def run(self, *, install_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
         async with AsyncExitStack() as stack:
             redis = connect(self.settings.redis)
             stack.push_async_callback(redis.aclose)
-            await redis.ping()
+            await wait_for_redis(redis, self.settings.redis.url, self.stopping)
             embedder = await create_embedder(self.settings.embedder)
             stack.push_async_callback(embedder.aclose)
             store = await open_store(self.settings, embedder.dim)
@@ -64,7 +86,7 @@ class Worker:
             generator = create_generator(self.settings.llm)
             stack.push_async_callback(generator.aclose)
             events = EventWriter(redis, self.keys, self.settings.limits)
-            metrics = Metrics(redis, self.keys.metrics)
+            metrics = self.metrics = Metrics(redis, self.keys.metrics)
             host = socket.gethostname()
             loops = [
                 ConsumerLoop(
@@ -87,6 +109,7 @@ class Worker:
                 llm=self.settings.llm.backend,
                 burst=self.burst,
             )
+            self.ready.set()
             await asyncio.gather(*(c.run() for c in loops))
             log.info("worker_stopped", **dict(metrics.local))
 

@@ -1,0 +1,87 @@
+"""The consumer group against real Redis 7 and Valkey 9: one job to one consumer, claims, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from core.keys import GROUP, Keys
+from core.protocol import Query, encode_job, new_job
+from workers.consumer import Consumer
+
+
+@pytest.fixture
+async def redis(any_redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(any_redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_groups_are_created_once(redis: Redis, prefix: str) -> None:
+    consumer = Consumer(redis, Keys(prefix), "c1")
+    await consumer.ensure_groups()
+    await consumer.ensure_groups()  # BUSYGROUP is ignored
+    groups = await redis.xinfo_groups(Keys(prefix).queries)
+    assert [g["name"] for g in groups] == [GROUP.encode()]
+
+
+async def test_two_consumers_race_for_one_job(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    a, b = Consumer(redis, keys, "a"), Consumer(redis, keys, "b")
+    await a.ensure_groups()
+    job = new_job(Query(question="who wins?"))
+    reads = [asyncio.create_task(c.read(keys.queries, count=10, block_ms=2000)) for c in (a, b)]
+    await asyncio.sleep(0.05)
+    await redis.xadd(keys.queries, {"job": encode_job(job)})
+    got = await asyncio.gather(*reads)
+    winners = [d for deliveries in got for d in deliveries]
+    assert len(winners) == 1
+    assert winners[0].job is not None and winners[0].job.id == job.id
+
+
+async def test_ack_deletes_so_length_is_backlog(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "c")
+    await consumer.ensure_groups()
+    for i in range(3):
+        await redis.xadd(keys.queries, {"job": encode_job(new_job(Query(question=f"q{i}")))})
+    deliveries = await consumer.read(keys.queries, count=2)
+    assert len(deliveries) == 2
+    for d in deliveries:
+        await consumer.ack(d)
+    assert await redis.xlen(keys.queries) == 1
+    pending = await redis.xpending(keys.queries, GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_stale_jobs_are_claimed_with_delivery_count(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    dead, alive = Consumer(redis, keys, "dead"), Consumer(redis, keys, "alive")
+    await dead.ensure_groups()
+    job = new_job(Query(question="orphan"))
+    await redis.xadd(keys.queries, {"job": encode_job(job)})
+    assert len(await dead.read(keys.queries, count=1)) == 1
+    assert await alive.claim_stale(keys.queries, min_idle_ms=10_000, count=10) == []
+    await asyncio.sleep(0.06)
+    claimed = await alive.claim_stale(keys.queries, min_idle_ms=50, count=10)
+    assert [d.job.id for d in claimed if d.job] == [job.id]
+    assert claimed[0].deliveries == 2
+
+
+async def test_malformed_and_dead_lettered_messages(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "c")
+    await consumer.ensure_groups()
+    await redis.xadd(keys.queries, {"job": b"\x00not msgpack"})
+    await redis.xadd(keys.queries, {"other": b"x"})
+    deliveries = await consumer.read(keys.queries, count=10)
+    assert [d.job for d in deliveries] == [None, None]
+    assert all(d.malformed for d in deliveries)
+    for d in deliveries:
+        await consumer.dead_letter(d, "malformed_job", d.malformed or "")
+    dead = await redis.xrange(keys.dead)
+    assert [fields[b"code"] for _, fields in dead] == [b"malformed_job", b"malformed_job"]
+    assert await redis.xlen(keys.queries) == 0

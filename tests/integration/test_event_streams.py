@@ -1,0 +1,59 @@
+"""Job event streams against real Redis 7 and Valkey 9: trimmed, expiring, finished exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from core.events import EventWriter
+from core.keys import Keys
+from core.protocol import Done, Token, decode_event
+from core.settings import LimitSettings
+
+
+@pytest.fixture
+async def redis(any_redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(any_redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_every_event_is_trimmed_and_expires(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    writer = EventWriter(redis, keys, LimitSettings(events_maxlen=10, events_ttl_s=120))
+    ids = [await writer.emit("job1", Token(text=f"t{i}")) for i in range(500)]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split(b"-"))))
+    assert 0 < await redis.ttl(keys.events("job1")) <= 120
+    # MAXLEN ~ trims whole macro nodes: the stream stays near the limit, never grows unbounded.
+    assert await redis.xlen(keys.events("job1")) < 200
+    last = (await redis.xrevrange(keys.events("job1"), count=1))[0][1]
+    assert decode_event(last[b"data"]) == Token(text="t499")
+
+
+async def test_ingest_finishes_exactly_once(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    writer = EventWriter(redis, keys, LimitSettings())
+    await writer.create_record("ing", {"kind": "ingest"})
+    # 20 batches of 5 chunks indexed concurrently while the producer seals at 100.
+    results = await asyncio.gather(
+        *(writer.ingest_progress("ing", 5, "a.pdf") for _ in range(10)),
+        writer.ingest_sealed("ing", 100),
+        *(writer.ingest_progress("ing", 5, "a.pdf") for _ in range(10)),
+    )
+    assert sum(results) == 1
+    entries = await redis.xrange(keys.events("ing"))
+    kinds = [fields[b"type"] for _, fields in entries]
+    assert kinds.count(b"done") == 1 and kinds[-1] == b"done"
+    done = decode_event(entries[-1][1][b"data"])
+    assert isinstance(done, Done) and done.chunks == 100
+    # Late progress after done writes nothing more.
+    assert await writer.ingest_progress("ing", 5, "a.pdf") is False
+    assert await redis.xlen(keys.events("ing")) == len(entries)
+
+
+async def test_empty_ingest_finishes_on_seal(redis: Redis, prefix: str) -> None:
+    writer = EventWriter(redis, Keys(prefix), LimitSettings())
+    assert await writer.ingest_sealed("empty", 0) is True

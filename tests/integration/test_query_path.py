@@ -1,0 +1,116 @@
+"""The query path: the API under uvicorn (in a thread) -> Redis -> a Worker in the test's loop -> SSE."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import httpx
+from redis.asyncio import Redis
+
+from app.main import create_app
+from core.keys import Keys
+from core.redis import connect
+from ingest.producer import Producer
+from tests.conftest import make_settings
+from tests.servers import ThreadedUvicorn
+from tests.pdfs import FACTS, write_pdf
+from tests.sse import parse_sse
+from tests.workers_inproc import running_worker
+
+LONG_FACTS = {page: text * 2 for page, text in FACTS.items()}
+
+
+@asynccontextmanager
+async def api_client(settings) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    # The API runs on its own loop in a thread: a test client that blocks this loop would
+    # starve the worker that shares it.
+    with ThreadedUvicorn(create_app(settings)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            yield client
+
+
+async def ingest(settings, path: Path) -> None:  # type: ignore[no-untyped-def]
+    redis = connect(settings.redis)
+    try:
+        results = await asyncio.wait_for(Producer(redis, settings).run([path], lambda *_: None), 60)
+    finally:
+        await redis.aclose()
+    assert [r.status for r in results] == ["sent"]
+
+
+@pytest.fixture
+def settings(redis_url: str, prefix: str, tmp_path: Path, fake_llm: str):  # type: ignore[no-untyped-def]
+    return make_settings(redis_url, prefix, tmp_path / "data", llm_backend="openai", llm_base_url=fake_llm,
+                         ingest_chunk_words="40", ingest_overlap_words="5", worker_batch_wait_ms="50")
+
+
+async def test_ask_streams_sources_tokens_done(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pdf = write_pdf(tmp_path / "facts.pdf", LONG_FACTS)
+    async with running_worker(settings):
+        await ingest(settings, pdf)
+        async with api_client(settings) as client:
+            response = await client.post("/v1/ask", json={"question": "How does kelp photosynthesis store energy?"})
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            events = parse_sse(response.text)
+    kinds = [e.event for e in events]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}
+    top = events[0].data["sources"][0]
+    assert top["file"] == "facts.pdf" and top["page"] <= 2 <= top["page_end"]
+    assert "kelp" in top["snippet"]
+    answer = "".join(e.data["text"] for e in events if e.event == "token")
+    done = events[-1].data
+    assert answer == done["answer"] and "kelp" in answer.lower()  # the fake LLM quotes source [1]
+    assert done["citations"][0]["n"] == 1
+    assert all(e.id for e in events)
+
+
+async def test_job_resource_status_and_resume(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pdf = write_pdf(tmp_path / "facts.pdf", LONG_FACTS)
+    async with running_worker(settings):
+        await ingest(settings, pdf)
+        async with api_client(settings) as client:
+            accepted = await client.post("/v1/queries", json={"question": "Which compiler targets WebAssembly?"})
+            assert accepted.status_code == 202
+            body = accepted.json()
+            job_id = body["id"]
+            assert body["links"]["events"] == f"/v1/queries/{job_id}/events"
+            assert accepted.headers["location"] == f"/v1/queries/{job_id}"
+            full = parse_sse((await client.get(body["links"]["events"])).text)
+            assert full[-1].event == "done"
+            # Resume after each event: exactly the remaining ones, nothing repeated.
+            for i, event in enumerate(full):
+                rest = parse_sse((await client.get(body["links"]["events"],
+                                                   headers={"Last-Event-ID": event.id})).text)
+                assert [e.id for e in rest] == [e.id for e in full[i + 1:]]
+            status = (await client.get(f"/v1/queries/{job_id}")).json()
+            assert status["status"] == "done" and status["answer"] == full[-1].data["answer"]
+            assert status["question"] == "Which compiler targets WebAssembly?"
+
+
+async def test_concurrent_queries_share_embed_calls(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pdf = write_pdf(tmp_path / "facts.pdf", LONG_FACTS)
+    n = 12
+    async with running_worker(settings):
+        await ingest(settings, pdf)
+        redis = Redis.from_url(settings.redis.url)
+        keys = Keys(settings.redis.prefix)
+        before = await redis.hgetall(keys.metrics)
+        async with api_client(settings) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v1/ask", json={"question": f"question {i} about marmalade oranges"}) for i in range(n))
+            )
+        after = await redis.hgetall(keys.metrics)
+        await redis.aclose()
+    dones = [parse_sse(r.text)[-1] for r in responses]
+    assert all(d.event == "done" for d in dones)
+    calls = int(after[b"query_embed_calls"]) - int(before.get(b"query_embed_calls", 0))
+    embedded = int(after[b"queries_embedded"]) - int(before.get(b"queries_embedded", 0))
+    assert embedded == n
+    assert calls < n, f"{n} concurrent queries took {calls} embed calls: no batching"
+    assert max(d.data["timings"]["batch_size"] for d in dones) > 1
