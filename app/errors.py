@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,14 +59,24 @@ def handle_rag_error(_: Request[Any, Any, Any], exc: RagError) -> Response[Any]:
 def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     details = "; ".join(str(e.get("message", e)) for e in (exc.extra or []) if isinstance(e, dict))
     message = exc.detail if not details else f"{exc.detail}: {details}"
-    code = "invalid_json" if "JSON" in (exc.detail or "") or "decode" in message.lower() else "invalid_request"
+    code = "invalid_json" if "malformed" in message.lower() or "decode" in message.lower() else "invalid_request"
     return error_response(400, code, message)
 
 
 def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    return error_response(
-        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail, headers=exc.headers
-    )
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    if exc.status_code == 400 and _caused_by_bad_json(exc):
+        code = "invalid_json"
+    return error_response(exc.status_code, code, exc.detail, headers=exc.headers)
+
+
+def _caused_by_bad_json(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (msgspec.DecodeError, SerializationException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def handle_redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -117,7 +117,8 @@ class Proc:
         return cls([sys.executable, "-m", *module_args], env, log)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:

@@ -69,6 +69,7 @@ class OpenAIGenerator:
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                 openai.RateLimitError) as exc:
             raise Unavailable(f"the LLM at {s.base_url} is unavailable: {exc}", code="llm_unavailable") from None
+        deltas = 0
         try:
             async for chunk in response:
                 if chunk.usage is not None:
@@ -78,7 +79,11 @@ class OpenAIGenerator:
                     )
                 for choice in chunk.choices:
                     if choice.delta.content:
+                        deltas += 1
                         yield choice.delta.content
+            if not answer.usage.completion_tokens:
+                # Servers without stream usage (llama_cpp.server): one streamed delta is one token.
+                answer.usage = Usage(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=deltas)
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise Unavailable(f"the LLM stream broke off: {exc}", code="llm_unavailable") from None
         finally:

