@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from litestar.response import ServerSentEventMessage
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from core.protocol import TERMINAL
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+#: How long an open stream waits for Redis to come back before it closes (the client resumes).
+OUTAGE_GRACE_S = 30.0
 
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -39,8 +47,20 @@ async def relay(
         if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(cursor):
             return
     block_ms = int(keepalive_s * 1000)
+    outage_started: float | None = None
     while True:
-        reply = await redis.xread({key: cursor}, count=200, block=block_ms)
+        try:
+            reply = await redis.xread({key: cursor}, count=200, block=block_ms)
+            outage_started = None
+        except (RedisConnectionError, RedisTimeoutError):
+            # The cursor is ours: ride out a short Redis outage, then let the client resume.
+            now = time.monotonic()
+            outage_started = outage_started or now
+            if now - outage_started > OUTAGE_GRACE_S:
+                return
+            yield ServerSentEventMessage(comment="redis unavailable, retrying", data=None)
+            await asyncio.sleep(1.0)
+            continue
         if not reply:
             yield ServerSentEventMessage(comment="keepalive", data=None)
             continue

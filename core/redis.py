@@ -17,6 +17,9 @@ def connect(settings: RedisSettings, *, max_connections: int | None = None) -> R
         settings.url,
         decode_responses=False,
         max_connections=max_connections,
+        # redis-py's 5 s default would cut blocking XREADs (SSE keepalive 15 s) short.
+        socket_timeout=60,
+        socket_connect_timeout=5,
         health_check_interval=30,
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),

@@ -21,8 +21,8 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 
 
 class RedisSettings(Struct, frozen=True, kw_only=True):
-    #: Empty means "start an embedded Valkey" for the run command; processes need a URL.
-    url: str = "redis://127.0.0.1:6379/0"
+    #: The default is where the run command (scripts/up) starts its Valkey.
+    url: str = "redis://127.0.0.1:6390/0"
     #: Every key carries this prefix; tests isolate by prefix.
     prefix: str = "rag"
 

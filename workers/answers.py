@@ -36,6 +36,8 @@ class Prepared(Struct):
     query: Query
     sources: list[Source]
     timings: Timings
+    #: Set once a token event was written: from then on a failure is not retried.
+    streamed: bool = False
 
 
 def to_sources(hits: list[Hit]) -> list[Source]:
@@ -134,6 +136,7 @@ class QueryPipeline:
         result = Answer()
 
         async def emit(text: str) -> None:
+            item.streamed = True
             await self._events.emit(job.id, Token(text=text))
 
         tokens = TokenCoalescer(emit, self._settings.worker.token_flush_ms)

@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from core.errors import StoreLocked
+from core.errors import RagError, StoreLocked
 from core.logs import configure_logging
 from core.settings import SettingsError, load_settings
 from workers.worker import Worker
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (ConnectionError, OSError) as exc:
+    except (ConnectionError, OSError, RagError) as exc:
         structlog.get_logger("workers").error("worker_failed", error=str(exc))
         print(f"error: cannot start the worker: {exc}", file=sys.stderr)
         return 1

@@ -219,20 +219,23 @@ class ConsumerLoop:
         job = item.delivery.job
         assert job is not None
         with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
-            try:
-                await self.queries.answer(item)
-            except asyncio.CancelledError:
-                # Shutdown past the grace period: the job stays pending for another worker.
-                raise
-            except Exception as exc:  # noqa: BLE001
-                error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
-                if error.permanent or item.delivery.deliveries >= self.settings.max_deliveries:
-                    self.log.warning("answer_failed", job_id=job.id, code=error.code, error=error.message)
-                    await self.queries.fail(item.delivery, error)
-                else:
-                    # Left pending: XAUTOCLAIM hands it out again after claim_idle_ms.
-                    self.log.warning("answer_retry_later", job_id=job.id, code=error.code, error=error.message,
-                                     delivery=item.delivery.deliveries)
+            for attempt in range(1, self.settings.max_deliveries + 1):
+                try:
+                    await self.queries.answer(item)
+                    return
+                except asyncio.CancelledError:
+                    # Shutdown past the grace period: the job stays pending for another worker.
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
+                    # Retried only before the first token: a client never sees an answer start twice.
+                    retry = not error.permanent and not item.streamed and attempt < self.settings.max_deliveries
+                    self.log.warning("answer_failed", code=error.code, error=error.message, attempt=attempt,
+                                     retry=retry)
+                    if not retry:
+                        await self.queries.fail(item.delivery, error)
+                        return
+                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
 
     async def _drain(self) -> None:
         if not self.inflight:

@@ -12,7 +12,7 @@ def load(**env: str) -> Settings:
 def test_defaults_without_any_variable():
     s = load_settings(environ={"PATH": "/usr/bin", "HOME": "/root"}, dotenv=None)
     assert s == Settings()
-    assert s.redis.url == "redis://127.0.0.1:6379/0"
+    assert s.redis.url == "redis://127.0.0.1:6390/0"
     assert s.worker.batch_size == 16
     assert s.qdrant.url is None
     assert s.qdrant_path == Path("data") / "qdrant"
