@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from core.errors import RagError
 from core.events import EventWriter
@@ -171,7 +172,7 @@ class ConsumerLoop:
                         self.log.info("burst_idle_exit")
                         return
                 backoff = 0.1
-            except (RagError, OSError, ConnectionError) as exc:
+            except (RagError, RedisError, OSError) as exc:
                 # Transient (Redis, embedder, store): the jobs stay pending and are claimed again.
                 self.log.warning("loop_error", error=str(exc), backoff_s=backoff)
                 await asyncio.sleep(backoff)

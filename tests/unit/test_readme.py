@@ -1,0 +1,30 @@
+"""The README stays true: every setting is documented with its real default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.settings import Settings, env_names
+
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `(RAG_[A-Z_]+)` \| ([^|]+) \|", README, flags=re.M))
+    assert set(rows) == set(env_names())
+    for var, path in env_names().items():
+        value: object = Settings()
+        for part in path:
+            value = getattr(value, part)
+        documented = rows[var].strip().strip("`")
+        if value is None:
+            assert documented == "unset", var
+        else:
+            assert documented == (str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)), var
+
+
+def test_the_two_commands_exist() -> None:
+    root = Path(__file__).parents[2]
+    assert "scripts/up" in README and "scripts/test" in README
+    assert "scripts/test" in (root / ".ci" / "run").read_text()
