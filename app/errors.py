@@ -29,7 +29,18 @@ class InvalidLastEventId(BadRequest):
     code = "invalid_last_event_id"
 
 
-_STATUS = {BadRequest: 400, NotFound: 404}
+class JobFinished(RagError):
+    code = "job_finished"
+    permanent = True
+
+
+class Overloaded(RagError):
+    """Too many questions are waiting: 429 with Retry-After rather than an unbounded queue."""
+
+    code = "overloaded"
+
+
+_STATUS = {BadRequest: 400, NotFound: 404, JobFinished: 409, Overloaded: 429}
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -53,7 +64,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 def handle_rag_error(_: Request[Any, Any, Any], exc: RagError) -> Response[Any]:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 503 if not exc.permanent else 500)
-    return error_response(status, exc.code, exc.message)
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return error_response(status, exc.code, exc.message, headers=headers)
 
 
 def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

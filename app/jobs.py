@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, cast
 
 from core.errors import BadRequest
 from core.events import EventWriter
 from core.keys import Keys, valid_job_id
 from core.protocol import Done, Error, Query, decode_event, new_job
-from app.errors import JobNotFound
+from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Jobs:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self.keys, settings.limits)
+        self._background: set[asyncio.Task[object]] = set()
 
     def validate(self, request: QueryRequest) -> Query:
         limits = self.settings.limits
@@ -55,9 +57,32 @@ class Jobs:
 
     async def submit_query(self, request: QueryRequest) -> str:
         query = self.validate(request)
+        # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
+        backlog = int(await self.redis.xlen(self.keys.queries))
+        if backlog >= self.settings.limits.max_backlog:
+            raise Overloaded(
+                f"{backlog} questions are waiting; the limit is {self.settings.limits.max_backlog}. Retry shortly."
+            )
         job = new_job(query)
         await self._events.submit(job, self.keys.queries, {"question": query.question})
         return job.id
+
+    async def cancel(self, job_id: str) -> str:
+        """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""
+        if not valid_job_id(job_id):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        result = await self._events.cancel(job_id)
+        if result == -1:
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
+        if result == 0:
+            raise JobFinished(f"job {job_id} has already finished")
+        return "cancelled" if result == 2 else "cancelling"
+
+    def cancel_soon(self, job_id: str) -> None:
+        """Cancel from a request that is itself going away (a client that disconnected)."""
+        task = asyncio.get_running_loop().create_task(self.cancel(job_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def require(self, job_id: str) -> dict[bytes, bytes]:
         if not valid_job_id(job_id):

@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
 from app.errors import EXCEPTION_HANDLERS
+from app.hub import EventHub
 from app.jobs import Jobs
 from app.routes import QueryController, healthz, readyz
 from core.logs import configure_logging
@@ -22,11 +23,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        redis = connect(settings.redis)
+        # A bounded pool for short commands, and one connection for the hub's blocking XREAD:
+        # open SSE streams hold no connection of their own.
+        redis = connect(settings.redis, max_connections=32)
+        reader = connect(settings.redis, max_connections=1)
+        hub = EventHub(redis, reader)
         app.state.jobs = Jobs(redis, settings)
+        app.state.hub = hub
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
+            await reader.aclose()
             await redis.aclose()
 
     return Litestar(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from app.errors import InvalidLastEventId
 from app.jobs import Jobs, links
 from app.relay import relay, valid_entry_id
-from app.schemas import Accepted, Health, JobView, QueryRequest
+from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -57,17 +57,24 @@ class QueryController(Controller):
                     f"Last-Event-ID {cursor[:64]!r} is not an event id of this service (expected like 1700000000000-0)"
                 )
         return ServerSentEvent(
-            relay(jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
+            relay(state.hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
                   keepalive_s=jobs.settings.api.keepalive_s),
             headers=SSE_HEADERS,
         )
+
+    @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now")
+    async def cancel(self, state: State, job_id: FromPath[str]) -> Response[Cancelling]:
+        status = await _jobs(state).cancel(job_id)
+        return Response(Cancelling(id=job_id, status=status, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
 
     @post("/ask", status_code=200, summary="Ask and stream the answer as Server-Sent Events in one request")
     async def ask(self, state: State, data: JSONBody[QueryRequest]) -> ServerSentEvent:
         jobs = _jobs(state)
         job_id = await jobs.submit_query(data)
         return ServerSentEvent(
-            relay(jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s),
+            # A client that hangs up before the end cancels the job: nobody would read the answer.
+            relay(state.hub, jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s,
+                  on_abandon=lambda: jobs.cancel_soon(job_id)),
             headers={**SSE_HEADERS, "X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"},
         )
 

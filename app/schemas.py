@@ -26,6 +26,12 @@ class Accepted(Struct, kw_only=True):
     links: Links
 
 
+class Cancelling(Struct, kw_only=True):
+    id: str
+    status: Literal["cancelled", "cancelling"]
+    links: Links
+
+
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 

@@ -1,7 +1,7 @@
 """Writing job event streams and job records: the only module that XADDs to ``<p>:job:{id}``.
 
 Every XADD is trimmed (MAXLEN ~) and refreshes the stream's expiry in the same
-MULTI/EXEC, so an event stream can never outlive its TTL or grow without bound.
+script, so an event stream can never outlive its TTL or grow without bound.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.keys import Keys
-from core.protocol import Event, Job, encode_event, encode_job
+from core.protocol import Cancelled, Event, Job, encode_event, encode_job
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -47,6 +47,49 @@ return 0
 """
 
 
+# One event for a job: refused (nil) when the job was cancelled, and then the job's
+# `cancelled` event is written instead, once. KEYS: events, record, cancel flag.
+# ARGV: maxlen, ttl, type, data, 1 to honour the cancel flag, the cancelled event's data.
+_EMIT = """
+local function add(kind, data)
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', kind, 'data', data)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+  return id
+end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  local kind = last[1] and last[1][2][2]
+  if kind ~= 'done' and kind ~= 'error' and kind ~= 'cancelled' then add('cancelled', ARGV[6]) end
+  return false
+end
+return add(ARGV[3], ARGV[4])
+"""
+
+# Cancelling a job: -1 unknown, 0 already finished, 2 cancelled before any worker
+# started it (the `cancelled` event is written here), 1 running (its worker stops it).
+# KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the cancelled event's data.
+_CANCEL = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local kind = last[1] and last[1][2][2]
+if kind == 'done' or kind == 'error' or kind == 'cancelled' then return 0 end
+redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[2]))
+if not kind then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'cancelled', 'data', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 2
+end
+return 1
+"""
+
+_CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))["data"]
+
+
+class JobCancelled(Exception):
+    """The job's cancel flag is set: its worker stops and writes nothing more but `cancelled`."""
+
+
 class EventWriter:
     """Appends events to job event streams and creates job records."""
 
@@ -56,16 +99,39 @@ class EventWriter:
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
         self._progress = redis.register_script(_INGEST_PROGRESS)
+        self._emit = redis.register_script(_EMIT)
+        self._cancel = redis.register_script(_CANCEL)
 
-    async def emit(self, job_id: str, event: Event) -> bytes:
-        """XADD one event; returns its entry id (the SSE ``id:``)."""
-        key = self._keys.events(job_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, encode_event(event), maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(key, self._ttl)
-            pipe.expire(self._keys.record(job_id), self._ttl)
-            entry_id, *_ = await pipe.execute()
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [self._keys.events(job_id), self._keys.record(job_id), self._keys.cancel(job_id)]
+
+    async def emit(self, job_id: str, event: Event, *, unless_cancelled: bool = True) -> bytes:
+        """XADD one event; returns its entry id (the SSE ``id:``).
+
+        Raises JobCancelled (after writing the `cancelled` event) if the job was cancelled.
+        """
+        fields = encode_event(event)
+        entry_id = await self._emit(
+            keys=self._job_keys(job_id),
+            args=[self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
+        )
+        if entry_id is None:
+            raise JobCancelled(job_id)
         return entry_id  # type: ignore[no-any-return]
+
+    async def mark_cancelled(self, job_id: str) -> None:
+        """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""
+        try:
+            await self.emit(job_id, Cancelled(), unless_cancelled=True)
+        except JobCancelled:
+            return
+
+    async def cancel(self, job_id: str) -> int:
+        """Set the job's cancel flag: -1 unknown, 0 finished already, 1 running, 2 cancelled before it started."""
+        result = await self._cancel(keys=self._job_keys(job_id), args=[self._maxlen, self._ttl, _CANCELLED])
+        if int(result) == 1:
+            await self._redis.publish(self._keys.cancels, job_id)
+        return int(result)
 
     async def submit(self, job: Job, stream: str, record: dict[str, str | int]) -> None:
         """Create the job's record, then enqueue it; the record makes the job id known at once."""

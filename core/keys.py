@@ -15,7 +15,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Keys:
-    __slots__ = ("prefix", "queries", "ingest", "dead", "metrics", "workers")
+    __slots__ = ("prefix", "queries", "ingest", "dead", "metrics", "workers", "cancels", "documents", "sources")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -25,14 +25,32 @@ class Keys:
         self.dead = f"{tag}:dead"
         self.metrics = f"{tag}:metrics"
         self.workers = f"{tag}:workers"
+        #: Set of every registered document, as ``<collection>/<document id>``.
+        self.documents = f"{tag}:documents"
+        #: Hash ``<collection>/<source path>`` -> the id of the document last indexed from it.
+        self.sources = f"{tag}:sources"
+        #: Pub/sub channel: job ids whose generation must stop now.
+        self.cancels = f"{tag}:cancels"
 
     def events(self, job_id: str) -> str:
         """The job's event stream."""
         return f"{self.prefix}:job:{{{job_id}}}"
 
+    def cancel(self, job_id: str) -> str:
+        """Set when the job is cancelled; every worker write checks it."""
+        return f"{self.prefix}:job:{{{job_id}}}:cancel"
+
     def record(self, job_id: str) -> str:
         """The job's hash: kind, request, counters; proves the job exists."""
         return f"{self.prefix}:job:{{{job_id}}}:record"
+
+    def document(self, collection: str, document_id: str) -> str:
+        """A document's registry hash: status, file, source, pages, chunks..."""
+        return f"{self.prefix}:doc:{{{collection}/{document_id}}}"
+
+    def document_batches(self, collection: str, document_id: str) -> str:
+        """Bitmap of the document's batches indexed so far (bit = batch position): redeliveries count once."""
+        return f"{self.prefix}:doc:{{{collection}/{document_id}}}:batches"
 
 
 def valid_job_id(job_id: str) -> bool:

@@ -92,6 +92,8 @@ class LimitSettings(Struct, frozen=True, kw_only=True):
     question_max_chars: PositiveInt = 2_000
     top_k_default: PositiveInt = 5
     top_k_max: PositiveInt = 20
+    #: Questions waiting or in progress beyond which the API answers 429.
+    max_backlog: PositiveInt = 1_000
     #: Entries kept per job event stream (MAXLEN ~).
     events_maxlen: PositiveInt = 5_000
     #: Seconds a job's events and record live after their last write.
@@ -104,6 +106,17 @@ class IngestSettings(Struct, frozen=True, kw_only=True):
     #: Chunks per message on the ingest stream.
     batch_chunks: PositiveInt = 32
     max_file_mb: PositiveInt = 200
+    #: Most embedder tokens per chunk (MiniLM reads 256, two of them [CLS]/[SEP]); whichever
+    #: of chunk_words and chunk_tokens is reached first closes a chunk.
+    chunk_tokens: Annotated[int, Meta(ge=8, le=8192)] = 250
+    #: Most tokens a chunk shares with the one before it (and at most overlap_words words).
+    overlap_tokens: NonNegInt = 50
+    #: Chunks sent but not yet indexed, at most, per run (backpressure: Redis holds only this window).
+    window_chunks: PositiveInt = 2_000
+    #: Pages without a text layer are OCRed with Tesseract when it is installed.
+    ocr: bool = True
+    ocr_language: str = "eng"
+    ocr_dpi: Annotated[int, Meta(ge=72, le=600)] = 200
 
 
 class Settings(Struct, frozen=True, kw_only=True):

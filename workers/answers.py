@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import structlog
 from msgspec import Struct
 
 from core.errors import BadRequest, RagError
+from core.events import JobCancelled
 from core.protocol import Done, Error, Query, Restart, Source, Sources, Timings, Token, now_ms
 from workers.generator import Answer
 from workers.store import DEFAULT_COLLECTION, Hit
@@ -114,10 +116,15 @@ class QueryPipeline:
         prepared = []
         for (delivery, query), hits in zip(valid, results):
             assert delivery.job is not None
-            if delivery.deliveries > 1:
-                await self._events.emit(delivery.job.id, Restart(delivery=delivery.deliveries))
             sources = to_sources(hits[: query.top_k])
-            await self._events.emit(delivery.job.id, Sources(sources=sources))
+            try:
+                if delivery.deliveries > 1:
+                    await self._events.emit(delivery.job.id, Restart(delivery=delivery.deliveries))
+                await self._events.emit(delivery.job.id, Sources(sources=sources))
+            except JobCancelled:
+                await self._consumer.ack(delivery)
+                await self._metrics.incr(cancelled=1)
+                continue
             timings = Timings(
                 queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
                 embed_ms=round((embedded - started) * 1000, 2),
@@ -140,10 +147,12 @@ class QueryPipeline:
             await self._events.emit(job.id, Token(text=text))
 
         tokens = TokenCoalescer(emit, self._settings.worker.token_flush_ms)
-        async for delta in self._generator.stream(item.query.question, item.sources, result):
-            if not first_token:
-                first_token = time.perf_counter()
-            await tokens.add(delta)
+        # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
+        async with aclosing(self._generator.stream(item.query.question, item.sources, result)) as stream:
+            async for delta in stream:
+                if not first_token:
+                    first_token = time.perf_counter()
+                await tokens.add(delta)
         await tokens.flush()
         finished = time.perf_counter()
         answer = tokens.answer
@@ -161,6 +170,13 @@ class QueryPipeline:
         )
         await self._consumer.ack(item.delivery)
         await self._metrics.incr(answers=1, token_events=tokens.flushes)
+
+    async def cancelled(self, delivery: Delivery) -> None:
+        """The client cancelled: write `cancelled` (once) and drop the job."""
+        assert delivery.job is not None
+        await self._events.mark_cancelled(delivery.job.id)
+        await self._consumer.ack(delivery)
+        await self._metrics.incr(cancelled=1)
 
     async def fail(self, delivery: Delivery, error: RagError) -> None:
         """Tell the client and dead-letter the job: for permanent errors and exhausted retries."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from core.errors import RagError
-from core.events import EventWriter
+from core.events import EventWriter, JobCancelled
 from core.keys import Keys
 from core.redis import connect
 from core.settings import Settings
@@ -102,6 +103,8 @@ class Worker:
                 for i in range(self.concurrency)
             ]
             await loops[0].consumer.ensure_groups()
+            listener = asyncio.create_task(self._listen_for_cancels(redis, loops))
+            stack.push_async_callback(_cancel_task, listener)
             log.info(
                 "worker_started",
                 consumers=[c.consumer.name for c in loops],
@@ -113,6 +116,32 @@ class Worker:
             self.ready.set()
             await asyncio.gather(*(c.run() for c in loops))
             log.info("worker_stopped", **dict(metrics.local))
+
+
+    async def _listen_for_cancels(self, redis: Redis, loops: list[ConsumerLoop]) -> None:
+        """Job ids published on the cancel channel stop their generation within milliseconds."""
+        backoff = 0.1
+        while True:
+            try:
+                async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.keys.cancels)
+                    backoff = 0.1
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            job_id = message["data"].decode()
+                            for loop in loops:
+                                loop.cancel_job(job_id)
+            except (RedisError, OSError) as exc:
+                # Missed messages are safe: every worker write checks the job's cancel flag.
+                log.warning("cancel_listener_error", error=str(exc), retry_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+async def _cancel_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class ConsumerLoop:
@@ -140,6 +169,8 @@ class ConsumerLoop:
         )
         self.indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics)
         self.inflight: set[asyncio.Task[None]] = set()
+        self.by_job: dict[str, asyncio.Task[None]] = {}
+        self.cancelled: set[str] = set()
         self._last_claim = 0.0
         self.log = log.bind(consumer=consumer.name)
 
@@ -216,27 +247,49 @@ class ConsumerLoop:
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
 
+    def cancel_job(self, job_id: str) -> None:
+        """Stop a generation now (its client cancelled): the LLM stream is closed, not drained."""
+        task = self.by_job.get(job_id)
+        if task is not None:
+            self.cancelled.add(job_id)
+            task.cancel()
+
     async def _answer(self, item: Prepared) -> None:
         job = item.delivery.job
         assert job is not None
-        with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
-            for attempt in range(1, self.settings.max_deliveries + 1):
-                try:
-                    await self.queries.answer(item)
+        self.by_job[job.id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
+                await self._attempts(item)
+        except asyncio.CancelledError:
+            if job.id not in self.cancelled:
+                raise  # shutdown past the grace period: the job stays pending for another worker
+            await self.queries.cancelled(item.delivery)
+            self.log.info("answer_cancelled", job_id=job.id)
+        except JobCancelled:
+            await self.queries.cancelled(item.delivery)
+            self.log.info("answer_cancelled", job_id=job.id)
+        finally:
+            self.by_job.pop(job.id, None)
+            self.cancelled.discard(job.id)
+
+    async def _attempts(self, item: Prepared) -> None:
+        for attempt in range(1, self.settings.max_deliveries + 1):
+            try:
+                await self.queries.answer(item)
+                return
+            except (asyncio.CancelledError, JobCancelled):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
+                # Retried only before the first token: a client never sees an answer start twice.
+                retry = not error.permanent and not item.streamed and attempt < self.settings.max_deliveries
+                self.log.warning("answer_failed", code=error.code, error=error.message, attempt=attempt,
+                                 retry=retry)
+                if not retry:
+                    await self.queries.fail(item.delivery, error)
                     return
-                except asyncio.CancelledError:
-                    # Shutdown past the grace period: the job stays pending for another worker.
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
-                    # Retried only before the first token: a client never sees an answer start twice.
-                    retry = not error.permanent and not item.streamed and attempt < self.settings.max_deliveries
-                    self.log.warning("answer_failed", code=error.code, error=error.message, attempt=attempt,
-                                     retry=retry)
-                    if not retry:
-                        await self.queries.fail(item.delivery, error)
-                        return
-                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
 
     async def _drain(self) -> None:
         if not self.inflight:
