@@ -20,6 +20,15 @@ from core.errors import StoreLocked, Unavailable
 DEFAULT_COLLECTION = "default"
 
 
+def staging(collection: str) -> str:
+    """The hidden ``collection`` value of a document's points until it is published.
+
+    Collection names are letters, digits, '_' and '-' (ingest and the API check), so
+    this value never names a real collection and no query searches it.
+    """
+    return f"~staging:{collection}"
+
+
 class PointIn(Struct, frozen=True):
     id: str
     vector: list[float]
@@ -42,6 +51,25 @@ class VectorStore(Protocol):
         ...
 
     async def count(self) -> int: ...
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        """Points of one document in ``collection`` (or in its staging area)."""
+        ...
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        """Make a fully indexed document visible and drop what it replaces, in that order.
+
+        Unstages its points (if ``staged``), deletes its points at positions ``>= chunks``
+        (left from an earlier chunking) and every point of the ``replaces`` documents: a
+        query sees the old version or the new one, never neither.
+        """
+        ...
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        """Delete every point of a document (visible or staged); returns how many there were."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -99,6 +127,54 @@ class EdgeStore:
     async def count(self) -> int:
         return int(await self._call(self._shard.count, self._qe.CountRequest(exact=True)))
 
+    def _match(self, key: str, value: str | list[str]) -> Any:
+        qe = self._qe
+        match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
+        return qe.FieldCondition(key, match=match)
+
+    def _document(self, document_id: str | list[str], collections: list[str]) -> Any:
+        return self._qe.Filter(must=[self._match("document_id", document_id), self._match("collection", collections)])
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        request = self._qe.CountRequest(
+            exact=True, filter=self._document(document_id, [staging(collection) if staged else collection])
+        )
+        return int(await self._call(self._shard.count, request))
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        qe = self._qe
+        both = [collection, staging(collection)]
+        ops = []
+        if staged:
+            ops.append(qe.UpdateOperation.set_payload_by_filter(
+                self._document(document_id, [staging(collection)]), {"collection": collection}))
+        ops.append(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[
+            self._match("document_id", document_id), self._match("collection", both),
+            qe.FieldCondition("index", range=qe.RangeFloat(gte=float(chunks))),
+        ])))
+        if replaces:
+            ops.append(qe.UpdateOperation.delete_points_by_filter(self._document(replaces, both)))
+
+        def apply() -> None:
+            # One call on the shard's only thread: no search runs between these updates.
+            for op in ops:
+                self._shard.update(op)
+
+        await self._call(apply)
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        where = self._document(document_id, [collection, staging(collection)])
+        qe = self._qe
+
+        def delete() -> int:
+            n = int(self._shard.count(qe.CountRequest(exact=True, filter=where)))
+            self._shard.update(qe.UpdateOperation.delete_points_by_filter(where))
+            return n
+
+        return int(await self._call(delete))
+
     async def aclose(self) -> None:
         def close() -> None:
             self._shard.flush()
@@ -137,6 +213,13 @@ class ServerStore:
                 await self._client.create_payload_index(
                     self._collection, "collection", models.PayloadSchemaType.KEYWORD
                 )
+                # Publishing and deleting a document filter on these.
+                await self._client.create_payload_index(
+                    self._collection, "document_id", models.PayloadSchemaType.KEYWORD
+                )
+                await self._client.create_payload_index(
+                    self._collection, "index", models.PayloadSchemaType.INTEGER
+                )
         except Exception as exc:
             if "already exists" in str(exc):
                 return  # another replica created it first
@@ -173,6 +256,54 @@ class ServerStore:
 
     async def count(self) -> int:
         return int((await self._client.count(self._collection, exact=True)).count)
+
+    @staticmethod
+    def _document(document_id: str | list[str], collections: list[str], *, min_index: int | None = None) -> Any:
+        from qdrant_client import models
+
+        def match(key: str, value: str | list[str]) -> models.FieldCondition:
+            m = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
+            return models.FieldCondition(key=key, match=m)
+
+        must: list[Any] = [match("document_id", document_id), match("collection", collections)]
+        if min_index is not None:
+            must.append(models.FieldCondition(key="index", range=models.Range(gte=min_index)))
+        return models.Filter(must=must)
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        where = self._document(document_id, [staging(collection) if staged else collection])
+        return int((await self._client.count(self._collection, count_filter=where, exact=True)).count)
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        from qdrant_client import models
+
+        both = [collection, staging(collection)]
+        # Three calls, in an order that may show both versions for an instant, never neither.
+        if staged:
+            await self._client.set_payload(
+                self._collection, payload={"collection": collection},
+                points=self._document(document_id, [staging(collection)]), wait=True,
+            )
+        await self._client.delete(
+            self._collection,
+            points_selector=models.FilterSelector(filter=self._document(document_id, both, min_index=chunks)),
+            wait=True,
+        )
+        if replaces:
+            await self._client.delete(
+                self._collection, points_selector=models.FilterSelector(filter=self._document(replaces, both)),
+                wait=True,
+            )
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        from qdrant_client import models
+
+        where = self._document(document_id, [collection, staging(collection)])
+        n = int((await self._client.count(self._collection, count_filter=where, exact=True)).count)
+        await self._client.delete(self._collection, points_selector=models.FilterSelector(filter=where), wait=True)
+        return n
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -1,0 +1,68 @@
+"""Per-document store operations, the same contract on qdrant-edge and the Qdrant server adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.protocol import chunk_id
+from workers.store import EdgeStore, PointIn, ServerStore, VectorStore, staging
+
+DIM = 8
+
+
+def _points(doc: str, n: int, collection: str, *, start: int = 0) -> list[PointIn]:
+    rng = np.random.default_rng(abs(hash(doc)) % 2**32)
+    return [
+        PointIn(chunk_id(f"{collection}/{doc}", i), list(map(float, rng.random(DIM))),
+                {"collection": collection, "document_id": doc, "index": i, "text": f"{doc} {i}"})
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture(params=["edge", "server"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    s: VectorStore = (EdgeStore(tmp_path / "shard", DIM) if request.param == "edge"
+                      else await ServerStore.open(":memory:", None, "chunks", DIM))
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+async def _visible(store: VectorStore, collection: str) -> set[str]:
+    hits = await store.search_batch(np.ones((1, DIM), dtype=np.float32), limit=100, collection=[collection])
+    return {h.payload["text"] for h in hits[0]}
+
+
+async def test_publish_unstages_and_replaces(store: VectorStore) -> None:
+    await store.upsert(_points("old", 3, "default") + _points("other", 2, "default") + _points("old", 1, "b"))
+    await store.upsert(_points("new", 4, staging("default")))
+    # Staged points are invisible to queries until published.
+    assert "new 0" not in await _visible(store, "default")
+    assert await store.count_document("new", "default", staged=True) == 4
+    assert await store.count_document("new", "default") == 0
+    await store.publish("new", "default", chunks=4, staged=True, replaces=["old"])
+    assert await _visible(store, "default") == {"new 0", "new 1", "new 2", "new 3", "other 0", "other 1"}
+    assert await store.count_document("new", "default") == 4
+    assert await store.count_document("old", "default") == 0
+    assert await store.count_document("old", "b") == 1  # other collections untouched
+
+
+async def test_publish_in_place_drops_tail_of_a_shorter_chunking(store: VectorStore) -> None:
+    await store.upsert(_points("doc", 5, "default"))
+    await store.publish("doc", "default", chunks=3, staged=False, replaces=[])
+    assert await _visible(store, "default") == {"doc 0", "doc 1", "doc 2"}
+
+
+async def test_delete_document_counts_visible_and_staged(store: VectorStore) -> None:
+    await store.upsert(_points("doc", 3, "default") + _points("doc", 2, staging("default"), start=3)
+                       + _points("keep", 2, "default"))
+    assert await store.delete_document("doc", "default") == 5
+    assert await store.count_document("doc", "default") == 0
+    assert await store.count_document("doc", "default", staged=True) == 0
+    assert await store.count() == 2
+    assert await store.delete_document("doc", "default") == 0
