@@ -32,6 +32,8 @@ class ChunkIn(Struct, frozen=True, kw_only=True):
     page: int
     page_end: int
     index: int
+    #: The deepest outline (table of contents) entry the chunk starts under, if the PDF has an outline.
+    section: str | None = None
 
 
 class Document(Struct, frozen=True, kw_only=True):
@@ -49,9 +51,28 @@ class IngestBatch(Struct, frozen=True, tag="ingest", kw_only=True):
     document: Document
     chunks: list[ChunkIn]
     collection: str | None = None
+    #: The batch's position in its document (0, 1, ...); None: untracked (no document registry).
+    seq: int | None = None
+    #: Set on a document's last batch: how many batches and chunks the document has. The
+    #: worker that completes the set publishes the document (see ingest.registry).
+    batches: int | None = None
+    chunks_total: int | None = None
+    #: Index into a hidden staging value of ``collection`` until the whole document is in.
+    staged: bool = False
 
 
-Payload = Union[Query, IngestBatch]
+class DeleteDocument(Struct, frozen=True, tag="delete_document", kw_only=True):
+    """Remove a document's points from the store (workers own the store)."""
+
+    document_id: str
+    collection: str | None = None
+    #: Also drop its registry entry; False keeps a failed document's record.
+    forget: bool = True
+    #: Write ``done`` to the job's event stream (False for the producer's own clean-ups).
+    report: bool = True
+
+
+Payload = Union[Query, IngestBatch, DeleteDocument]
 
 
 class Job(Struct, frozen=True, kw_only=True):
@@ -146,6 +167,20 @@ class Progress(Struct, frozen=True, tag="progress", tag_field="type", kw_only=Tr
     file: str | None = None
 
 
+class DocumentEvent(Struct, frozen=True, tag="document", tag_field="type", kw_only=True):
+    """An ingest job's news about one file: ``indexing``, ``unchanged``, ``failed``, ``ready``, ``deleted``."""
+
+    status: str
+    file: str
+    document_id: str | None = None
+    pages: int = 0
+    chunks: int = 0
+    #: Pages without a text layer that could not be OCRed (no Tesseract): reported, never silently empty.
+    skipped_pages: list[int] = []
+    code: str | None = None
+    message: str | None = None
+
+
 class Restart(Struct, frozen=True, tag="restart", tag_field="type", kw_only=True):
     """The job was taken over by another worker: discard partial output."""
 
@@ -170,8 +205,8 @@ class Cancelled(Struct, frozen=True, tag="cancelled", tag_field="type", kw_only=
     reason: str = "cancelled"
 
 
-Event = Union[Sources, Token, Progress, Restart, Done, Error, Cancelled]
-EventType = Literal["sources", "token", "progress", "restart", "done", "error", "cancelled"]
+Event = Union[Sources, Token, Progress, DocumentEvent, Restart, Done, Error, Cancelled]
+EventType = Literal["sources", "token", "progress", "document", "restart", "done", "error", "cancelled"]
 TERMINAL: Final = frozenset({"done", "error", "cancelled"})
 
 _event_encoder: Final = msgspec.json.Encoder()
