@@ -48,16 +48,24 @@ async def chat(request: Request[Any, Any, Any]) -> Stream:
         from litestar.exceptions import HTTPException
 
         raise HTTPException(status_code=400, detail="rejected by fake LLM")
-    words = answer_for(prompt).split(" ")
+    words = answer_for(prompt).split(" ") * int(request.app.state.get("repeat", 1))
     delay = float(request.app.state.get("token_delay", 0.0))
+
+    state = request.app.state
 
     async def stream() -> AsyncIterator[bytes]:
         import asyncio
 
-        for i, word in enumerate(words):
-            yield _chunk(word if i == 0 else " " + word)
-            if delay:
-                await asyncio.sleep(delay)
+        state.streams_started = state.get("streams_started", 0) + 1
+        try:
+            for i, word in enumerate(words):
+                yield _chunk(word if i == 0 else " " + word)
+                if delay:
+                    await asyncio.sleep(delay)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client closed the stream before the end: it did not drain it.
+            state.streams_aborted = state.get("streams_aborted", 0) + 1
+            raise
         yield _chunk(None, finish="stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _chunk(None, usage={"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -49,12 +50,17 @@ def start_service(tmp: Path, redis_url: str, prefix: str, **overrides: str) -> S
 
 
 @pytest.fixture
-def slow_fake_llm() -> Iterator[str]:
-    """The fake LLM, 30 ms per token: streams long enough to interrupt."""
+def slow_llm_app() -> Iterator[Any]:
+    """The fake LLM, 30 ms per token: streams long enough to interrupt. Yields (app, base URL)."""
     app = create_fake_openai()
     app.state.token_delay = 0.03
     with ThreadedUvicorn(app) as server:
-        yield f"{server.url}/v1"
+        yield app, f"{server.url}/v1"
+
+
+@pytest.fixture
+def slow_fake_llm(slow_llm_app: Any) -> str:
+    return str(slow_llm_app[1])
 
 
 @pytest.fixture
