@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from types import FrameType
 
 import uvicorn
+from litestar import Litestar
 
 from core.settings import SettingsError, load_settings
 
@@ -17,12 +19,32 @@ def main() -> int:
         return 2
     from app.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.api.host,
         port=settings.api.port,
         log_level=settings.log_level,
-        # Uvicorn would otherwise wait forever for open SSE streams on shutdown.
+        # A last resort: streams are ended cleanly first (see GracefulServer).
         timeout_graceful_shutdown=5,
     )
+    GracefulServer(config, app).run()
     return 0
+
+
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, end every open SSE stream cleanly before uvicorn drains connections.
+
+    Clients see a finished response and resume elsewhere with Last-Event-ID.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        hub = getattr(self._app.state, "hub", None)
+        loop = getattr(self._app.state, "loop", None)
+        if hub is not None and loop is not None:
+            loop.call_soon_threadsafe(hub.close_all)
+        super().handle_exit(sig, frame)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from app.errors import JobFinished, JobNotFound, Overloaded
+from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 from core.errors import BadRequest
 from core.events import EventWriter
 from core.keys import Keys, valid_job_id
-from core.protocol import Done, Error, Query, decode_event, new_job
-from app.errors import JobFinished, JobNotFound, Overloaded
-from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
+from core.protocol import Done, Error, Query, decode_event, decode_job, encode_job, new_job
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -83,6 +83,25 @@ class Jobs:
         task = asyncio.get_running_loop().create_task(self.cancel(job_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def requeue_dead(self, entry_id: str) -> str | None:
+        """Put a dead job back on its stream under the same id, with a fresh event stream."""
+        entries = await self.redis.xrange(self.keys.dead, min=entry_id, max=entry_id)
+        if not entries or b"job" not in entries[0][1]:
+            return None
+        fields = entries[0][1]
+        job = decode_job(fields[b"job"])
+        stream = fields.get(b"stream", self.keys.queries.encode()).decode()
+        if stream not in (self.keys.queries, self.keys.ingest):
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # Its old events end in `error`: a new run starts a new stream for the same id.
+            pipe.delete(self.keys.events(job.id), self.keys.cancel(job.id))
+            pipe.expire(self.keys.record(job.id), self.settings.limits.events_ttl_s)
+            pipe.xadd(stream, {"job": encode_job(job)})
+            pipe.xdel(self.keys.dead, entry_id)
+            await pipe.execute()
+        return job.id
 
     async def require(self, job_id: str) -> dict[bytes, bytes]:
         if not valid_job_id(job_id):

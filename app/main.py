@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
+from app.dead import DeadLetterController
 from app.errors import EXCEPTION_HANDLERS
 from app.hub import EventHub
 from app.jobs import Jobs
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         hub = EventHub(redis, reader)
         app.state.jobs = Jobs(redis, settings)
         app.state.hub = hub
+        app.state.loop = asyncio.get_running_loop()
         await hub.start()
         try:
             yield
@@ -39,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[QueryController, healthz, readyz],
+        route_handlers=[QueryController, DeadLetterController, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),

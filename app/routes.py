@@ -14,6 +14,7 @@ from app.errors import InvalidLastEventId
 from app.jobs import Jobs, links
 from app.relay import relay, valid_entry_id
 from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
+from core.heartbeats import alive_workers
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -84,7 +85,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], summary="Redis is reachable and the consumer groups exist")
+@get("/readyz", tags=["health"], summary="Redis is reachable, the consumer groups exist, workers are alive")
 async def readyz(state: State, request: Request[Any, Any, Any]) -> Response[Health]:
     jobs = _jobs(state)
     checks: dict[str, Any] = {}
@@ -94,8 +95,10 @@ async def readyz(state: State, request: Request[Any, Any, Any]) -> Response[Heal
         groups = await jobs.redis.xinfo_groups(jobs.keys.queries)
         checks["consumer_group"] = "ok" if groups else "missing"
         checks["queued"] = int(await jobs.redis.xlen(jobs.keys.queries))
+        workers = await alive_workers(jobs.redis, jobs.keys)
+        checks["workers"] = len(workers)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks.setdefault("redis", f"error: {exc}")
         checks.setdefault("consumer_group", "unknown")
-    ok = checks.get("redis") == "ok" and checks.get("consumer_group") == "ok"
+    ok = checks.get("redis") == "ok" and checks.get("consumer_group") == "ok" and checks.get("workers", 0) > 0
     return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)

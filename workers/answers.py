@@ -103,7 +103,7 @@ class QueryPipeline:
         if not valid:
             return []
         questions = [q.question for _, q in valid]
-        vectors = await self._embedder.embed(questions)
+        vectors = await self._embedder.embed(questions, urgent=True)
         embedded = time.perf_counter()
         limit = max(q.top_k for _, q in valid)
         results = await self._store.search_batch(

@@ -37,23 +37,35 @@ class Batcher:
     def holding(self) -> int:
         return len(self._held)
 
-    async def next(self, size: int, *, block: bool = True) -> Batch:
-        """The next batch, queries first; ``idle`` when nothing arrived within the block timeout."""
+    async def next(self, size: int, *, block: bool = True, ingest: bool = True) -> Batch:
+        """The next batch, queries first; ``idle`` when nothing arrived within the block timeout.
+
+        ``ingest=False`` (an ingest batch is already being indexed) waits for queries only.
+        """
         queries = await self._consumer.read(self._keys.queries, count=size)
         if not queries:
-            if self._held:
+            if ingest and self._held:
                 return Batch("ingest", [self._held.popleft()])
-            ingest = await self._consumer.read(self._keys.ingest, count=1)
             if ingest:
-                return Batch("ingest", ingest)
+                more = await self._consumer.read(self._keys.ingest, count=1)
+                if more:
+                    return Batch("ingest", more)
             if not block:
                 return Batch("idle", [])
+            if not ingest:
+                queries = await self._consumer.read(self._keys.queries, count=1, block_ms=self._block_ms)
+                if not queries:
+                    return Batch("idle", [])
+                return await self._fill(queries, size)
             # COUNT 1: a blocking read must not hoard ingest batches other consumers could take.
             arrived = await self._consumer.wait_any(count=1, block_ms=self._block_ms)
             queries = [d for d in arrived if d.stream == self._keys.queries]
             self._held.extend(d for d in arrived if d.stream != self._keys.queries)
             if not queries:
                 return Batch("ingest", [self._held.popleft()]) if self._held else Batch("idle", [])
+        return await self._fill(queries, size)
+
+    async def _fill(self, queries: list[Delivery], size: int) -> Batch:
         deadline = time.monotonic() + self._wait
         while len(queries) < size:
             remaining_ms = int((deadline - time.monotonic()) * 1000)

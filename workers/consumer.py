@@ -96,6 +96,23 @@ class Consumer:
             counts[entry_id] = int(info[0]["times_delivered"]) if info else 1
         return [self._delivery(stream, e, f, counts[e]) for e, f in entries]
 
+    async def touch(self, stream: str, entry_ids: list[bytes]) -> None:
+        """Reset the idle time of messages we are still working on, so nobody claims a live job."""
+        if entry_ids:
+            # JUSTID: no delivery count increase, no payload sent back.
+            await self._redis.xclaim(stream, GROUP, self.name, 0, entry_ids, justid=True)
+
+    async def prune_consumers(self, *, idle_ms: int, keep: set[str]) -> list[str]:
+        """Remove consumers idle for ``idle_ms`` with nothing pending: long-dead workers."""
+        removed = []
+        for stream in (self._keys.queries, self._keys.ingest):
+            for info in await self._redis.xinfo_consumers(stream, GROUP):
+                name = _str(info["name"])
+                if name not in keep and int(info["pending"]) == 0 and int(info["idle"]) >= idle_ms:
+                    await self._redis.xgroup_delconsumer(stream, GROUP, name)
+                    removed.append(name)
+        return removed
+
     async def ack(self, delivery: Delivery) -> None:
         """Done with a message: acknowledge and delete it, so the stream's length is its backlog."""
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 import time
 from contextlib import AsyncExitStack
 
@@ -17,6 +15,7 @@ from redis.exceptions import RedisError
 
 from core.errors import RagError
 from core.events import EventWriter, JobCancelled
+from core.heartbeats import alive_workers
 from core.keys import Keys
 from core.redis import connect
 from core.settings import Settings
@@ -27,9 +26,13 @@ from workers.embedder import Embedder, create_embedder
 from workers.generator import Generator, create_generator
 from workers.indexer import Indexer
 from workers.metrics import Metrics
+from workers.registry import HEARTBEAT_S, Registry
 from workers.store import EdgeStore, ServerStore, VectorStore
 
 log = structlog.get_logger("workers")
+
+#: Consumers idle this long with nothing pending are removed from the group.
+DEAD_CONSUMER_MS = 24 * 3600 * 1000
 
 
 async def open_store(settings: Settings, dim: int) -> VectorStore:
@@ -89,22 +92,26 @@ class Worker:
             stack.push_async_callback(generator.aclose)
             events = EventWriter(redis, self.keys, self.settings.limits)
             metrics = self.metrics = Metrics(redis, self.keys.metrics)
-            host = socket.gethostname()
+            registry = Registry(redis, self.keys)
+            names = await registry.claim_names(self.concurrency)
+            stack.push_async_callback(registry.release)
             loops = [
                 ConsumerLoop(
                     self,
-                    Consumer(redis, self.keys, f"{host}-{os.getpid()}-{i}"),
+                    Consumer(redis, self.keys, name),
                     embedder=embedder,
                     store=store,
                     generator=generator,
                     events=events,
                     metrics=metrics,
                 )
-                for i in range(self.concurrency)
+                for name in names
             ]
             await loops[0].consumer.ensure_groups()
             listener = asyncio.create_task(self._listen_for_cancels(redis, loops))
             stack.push_async_callback(_cancel_task, listener)
+            heartbeat = asyncio.create_task(self._heartbeat(registry, loops))
+            stack.push_async_callback(_cancel_task, heartbeat)
             log.info(
                 "worker_started",
                 consumers=[c.consumer.name for c in loops],
@@ -117,6 +124,28 @@ class Worker:
             await asyncio.gather(*(c.run() for c in loops))
             log.info("worker_stopped", **dict(metrics.local))
 
+
+    async def _heartbeat(self, registry: Registry, loops: list[ConsumerLoop]) -> None:
+        """Renew leases, keep in-flight jobs from looking idle, and forget long-dead consumers."""
+        touch_every = max(self.settings.worker.claim_idle_ms / 3000, 0.2)
+        last_touch = last_prune = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                await registry.beat()
+                if now - last_touch >= touch_every:
+                    last_touch = now
+                    for loop in loops:
+                        await loop.touch_inflight()
+                if now - last_prune >= 60:
+                    last_prune = now
+                    alive = set(await alive_workers(registry.redis, self.keys))
+                    removed = await loops[0].consumer.prune_consumers(idle_ms=DEAD_CONSUMER_MS, keep=alive)
+                    if removed:
+                        log.info("pruned_dead_consumers", consumers=removed)
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+            await asyncio.sleep(min(HEARTBEAT_S, touch_every))
 
     async def _listen_for_cancels(self, redis: Redis, loops: list[ConsumerLoop]) -> None:
         """Job ids published on the cancel channel stop their generation within milliseconds."""
@@ -170,6 +199,8 @@ class ConsumerLoop:
         self.indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics)
         self.inflight: set[asyncio.Task[None]] = set()
         self.by_job: dict[str, asyncio.Task[None]] = {}
+        self.items: dict[str, Prepared] = {}
+        self.indexing: asyncio.Task[None] | None = None
         self.cancelled: set[str] = set()
         self._last_claim = 0.0
         self.log = log.bind(consumer=consumer.name)
@@ -190,15 +221,17 @@ class ConsumerLoop:
                     await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 size = min(self.settings.batch_size, free)
-                batch = await self.batcher.next(size, block=not self.worker.burst)
+                indexing = self.indexing is not None and not self.indexing.done()
+                batch = await self.batcher.next(size, block=not self.worker.burst, ingest=not indexing)
                 if batch.kind == "query":
                     await self._start_answers(batch.deliveries)
                 elif batch.kind == "ingest":
-                    for delivery in batch.deliveries:
-                        await self.indexer.index(delivery)
+                    # Indexed in the background: the loop goes on reading queries meanwhile.
+                    self.indexing = asyncio.create_task(self._index(batch.deliveries))
                 elif self.worker.burst:
-                    if self.inflight:
-                        await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                    busy = self.inflight | ({self.indexing} if indexing and self.indexing else set())
+                    if busy:
+                        await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
                     elif not self.batcher.holding:
                         self.log.info("burst_idle_exit")
                         return
@@ -212,6 +245,13 @@ class ConsumerLoop:
                 self.log.exception("loop_crash", error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _index(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                await self.indexer.index(delivery)
+            except Exception as exc:  # noqa: BLE001 - left pending: claimed again after claim_idle_ms
+                self.log.warning("index_failed", error=repr(exc), delivery=delivery.deliveries)
 
     async def _maybe_claim(self) -> None:
         """Take over jobs whose consumer went silent; dead-letter those out of deliveries."""
@@ -247,6 +287,10 @@ class ConsumerLoop:
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
 
+    async def touch_inflight(self) -> None:
+        ids = [t.delivery.entry_id for t in self.items.values()]
+        await self.consumer.touch(self.worker.keys.queries, ids)
+
     def cancel_job(self, job_id: str) -> None:
         """Stop a generation now (its client cancelled): the LLM stream is closed, not drained."""
         task = self.by_job.get(job_id)
@@ -258,6 +302,7 @@ class ConsumerLoop:
         job = item.delivery.job
         assert job is not None
         self.by_job[job.id] = asyncio.current_task()  # type: ignore[assignment]
+        self.items[job.id] = item
         try:
             with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
                 await self._attempts(item)
@@ -271,6 +316,7 @@ class ConsumerLoop:
             self.log.info("answer_cancelled", job_id=job.id)
         finally:
             self.by_job.pop(job.id, None)
+            self.items.pop(job.id, None)
             self.cancelled.discard(job.id)
 
     async def _attempts(self, item: Prepared) -> None:
@@ -292,10 +338,11 @@ class ConsumerLoop:
                 await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
 
     async def _drain(self) -> None:
-        if not self.inflight:
+        busy = set(self.inflight) | ({self.indexing} if self.indexing and not self.indexing.done() else set())
+        if not busy:
             return
-        self.log.info("draining", inflight=len(self.inflight))
-        done, pending = await asyncio.wait(self.inflight, timeout=self.settings.shutdown_grace_s)
+        self.log.info("draining", inflight=len(busy))
+        done, pending = await asyncio.wait(busy, timeout=self.settings.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:

@@ -1,0 +1,73 @@
+"""Dead-lettered jobs: list them, and requeue one (same job id, a fresh event stream)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, QueryParameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+from msgspec import Struct
+
+from app.errors import NotFound
+from app.jobs import Jobs, links
+from app.relay import valid_entry_id
+from app.schemas import Links
+from core.errors import BadRequest
+
+
+class DeadJob(Struct, kw_only=True, omit_defaults=True):
+    entry_id: str
+    job_id: str | None = None
+    stream: str
+    code: str
+    error: str
+    deliveries: int
+    dead_ms: int
+    consumer: str | None = None
+
+
+class Requeued(Struct, kw_only=True):
+    id: str
+    status: str = "queued"
+    links: Links
+
+
+def _text(fields: dict[bytes, bytes], name: str) -> str:
+    return fields.get(name.encode(), b"").decode(errors="replace")
+
+
+class DeadLetterController(Controller):
+    path = "/v1/dead"
+    tags = ["dead letters"]
+
+    @get("/", summary="Jobs that failed for good, newest first")
+    async def list_dead(
+        self, state: State, count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+    ) -> list[DeadJob]:
+        jobs: Jobs = state.jobs
+        entries = await jobs.redis.xrevrange(jobs.keys.dead, count=count)
+        return [
+            DeadJob(
+                entry_id=entry_id.decode(),
+                job_id=_text(fields, "job_id") or None,
+                stream=_text(fields, "stream"),
+                code=_text(fields, "code"),
+                error=_text(fields, "error"),
+                deliveries=int(fields.get(b"deliveries", b"0")),
+                dead_ms=int(fields.get(b"dead_ms", b"0")),
+                consumer=_text(fields, "consumer") or None,
+            )
+            for entry_id, fields in entries
+        ]
+
+    @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again")
+    async def requeue(self, state: State, entry_id: FromPath[str]) -> Response[Any]:
+        jobs: Jobs = state.jobs
+        if not valid_entry_id(entry_id):
+            raise BadRequest(f"{entry_id!r} is not a dead-letter entry id", code="invalid_entry_id")
+        job_id = await jobs.requeue_dead(entry_id)
+        if job_id is None:
+            raise NotFound(f"no dead job {entry_id} (or it carries no job to run)", code="dead_job_not_found")
+        return Response(Requeued(id=job_id, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
