@@ -102,6 +102,15 @@ class EventWriter:
         self._emit = redis.register_script(_EMIT)
         self._cancel = redis.register_script(_CANCEL)
 
+    @property
+    def redis(self) -> Redis:
+        """The connection events go through (the indexer's document registry shares it)."""
+        return self._redis
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
     def _job_keys(self, job_id: str) -> list[str]:
         return [self._keys.events(job_id), self._keys.record(job_id), self._keys.cancel(job_id)]
 
