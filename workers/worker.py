@@ -326,6 +326,11 @@ class ConsumerLoop:
                 return
             except (asyncio.CancelledError, JobCancelled):
                 raise
+            except (RedisError, OSError) as exc:
+                # Redis itself is away: nothing can be written, so leave the job pending; once
+                # Redis is back it is claimed again (a `restart` event, then the whole answer).
+                self.log.warning("answer_interrupted", error=str(exc))
+                return
             except Exception as exc:  # noqa: BLE001
                 error = exc if isinstance(exc, RagError) else RagError(f"internal error: {exc!r}")
                 # Retried only before the first token: a client never sees an answer start twice.

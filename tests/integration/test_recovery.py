@@ -1,0 +1,65 @@
+"""Jobs whose consumer vanished: claimed, or dead-lettered after max deliveries, then requeued."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from app.main import create_app
+from core.keys import GROUP, Keys
+from core.protocol import Query, encode_job, new_job
+from tests.conftest import make_settings
+from tests.servers import ThreadedUvicorn
+from tests.workers_inproc import running_worker
+
+
+async def orphan(redis: Redis, keys: Keys, question: str, deliveries: int) -> str:
+    """A job read by a consumer that then died, already delivered ``deliveries`` times."""
+    job = new_job(Query(question=question))
+    await redis.hset(keys.record(job.id), mapping={"kind": "query", "created_ms": job.created_ms})
+    try:
+        await redis.xgroup_create(keys.queries, GROUP, id="0", mkstream=True)
+    except Exception:  # noqa: BLE001 - BUSYGROUP
+        pass
+    entry_id = await redis.xadd(keys.queries, {"job": encode_job(job)})
+    await redis.xreadgroup(GROUP, "ghost", {keys.queries: ">"}, count=1)
+    await redis.xclaim(keys.queries, GROUP, "ghost", 0, [entry_id], retrycount=deliveries, idle=10_000)
+    return job.id
+
+
+async def events_of(redis: Redis, keys: Keys, job_id: str, until: bytes, timeout: float = 20) -> list[bytes]:
+    for _ in range(int(timeout / 0.05)):
+        entries = await redis.xrange(keys.events(job_id))
+        kinds = [f[b"type"] for _, f in entries]
+        if until in kinds:
+            return kinds
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {until!r} event for {job_id}")
+
+
+async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(redis_url, prefix, tmp_path, worker_claim_idle_ms="500", worker_max_deliveries="3")
+    keys = Keys(prefix)
+    redis = Redis.from_url(redis_url)
+    retried = await orphan(redis, keys, "claimed by a live worker", deliveries=1)
+    given_up = await orphan(redis, keys, "delivered too often", deliveries=3)
+    async with running_worker(settings):
+        assert await events_of(redis, keys, retried, b"done") == [b"restart", b"sources", b"token", b"done"]
+        assert await events_of(redis, keys, given_up, b"error") == [b"error"]
+        with ThreadedUvicorn(create_app(settings)) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                dead = (await client.get("/v1/dead")).json()
+                assert [(d["job_id"], d["code"], d["deliveries"]) for d in dead] == [(given_up, "max_deliveries", 4)]
+                status = (await client.get(f"/v1/queries/{given_up}")).json()
+                assert status["status"] == "failed" and status["error"]["code"] == "max_deliveries"
+                requeued = await client.post(f"/v1/dead/{dead[0]['entry_id']}/requeue")
+                assert requeued.status_code == 202 and requeued.json()["id"] == given_up
+                assert await events_of(redis, keys, given_up, b"done") == [b"sources", b"token", b"done"]
+                assert (await client.get("/v1/dead")).json() == []
+                assert (await client.post("/v1/dead/1-0/requeue")).status_code == 404
+                ready = (await client.get("/readyz")).json()
+                assert ready["status"] == "ok" and ready["checks"]["workers"] == 1
+    await redis.aclose()
