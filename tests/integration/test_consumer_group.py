@@ -85,3 +85,37 @@ async def test_malformed_and_dead_lettered_messages(redis: Redis, prefix: str) -
     dead = await redis.xrange(keys.dead)
     assert [fields[b"code"] for _, fields in dead] == [b"malformed_job", b"malformed_job"]
     assert await redis.xlen(keys.queries) == 0
+
+
+async def test_long_dead_consumers_are_pruned(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    live, ghost = Consumer(redis, keys, "live"), Consumer(redis, keys, "ghost")
+    await live.ensure_groups()
+    # Redis 7.0 creates a consumer only when it reads a message (Valkey 9 on any read):
+    # the ghost reads one and finishes it.
+    await redis.xadd(keys.queries, {"job": encode_job(new_job(Query(question="done long ago")))})
+    for delivery in await ghost.read(keys.queries, count=1):
+        await ghost.ack(delivery)
+    busy = new_job(Query(question="still pending"))
+    await redis.xadd(keys.queries, {"job": encode_job(busy)})
+    await Consumer(redis, keys, "busy-ghost").read(keys.queries, count=1)
+    await asyncio.sleep(0.02)
+    removed = await live.prune_consumers(idle_ms=10, keep={"live"})
+    assert removed == ["ghost"]  # the one holding a pending job stays until it is claimed
+    names = {c["name"] for c in await redis.xinfo_consumers(keys.queries, GROUP)}
+    assert names == {b"busy-ghost"}
+
+
+async def test_consumer_names_are_stable_and_unique(redis: Redis, prefix: str) -> None:
+    from workers.registry import Registry
+
+    keys = Keys(prefix)
+    first, second = Registry(redis, keys, host="h"), Registry(redis, keys, host="h")
+    assert await first.claim_names(2) == ["h-0", "h-1"]
+    assert await second.claim_names(1) == ["h-2"]  # a second live process never shares a name
+    await first.release()
+    again = Registry(redis, keys, host="h")
+    assert await again.claim_names(2) == ["h-0", "h-1"]  # a restart takes its names back
+    from core.heartbeats import alive_workers
+
+    assert set(await alive_workers(redis, keys)) == {"h-0", "h-1", "h-2"}
