@@ -43,7 +43,6 @@ class Registry:
         self._token = uuid.uuid4().hex
         self._names: list[str] = []
         self._started = now_ms()
-        self._renew = redis.register_script(_RENEW)
 
     def _lease(self, name: str) -> str:
         return f"{self._keys.workers}:lease:{name}"
@@ -64,7 +63,7 @@ class Registry:
         record = msgspec.json.encode(Heartbeat(self.host, os.getpid(), now_ms(), self._started))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in self._names:
-                self._renew(keys=[self._lease(name)], args=[self._token, LEASE_MS], client=pipe)
+                pipe.eval(_RENEW, 1, self._lease(name), self._token, LEASE_MS)
                 pipe.hset(self._keys.workers, name, record)
             await pipe.execute()
 

@@ -119,3 +119,18 @@ async def test_consumer_names_are_stable_and_unique(redis: Redis, prefix: str) -
     from core.heartbeats import alive_workers
 
     assert set(await alive_workers(redis, keys)) == {"h-0", "h-1", "h-2"}
+
+
+async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -> None:
+    from workers.registry import Registry
+
+    keys = Keys(prefix)
+    registry = Registry(redis, keys, host="h")
+    (name,) = await registry.claim_names(1)
+    lease = f"{keys.workers}:lease:{name}"
+    await redis.pexpire(lease, 50)
+    await registry.beat()
+    assert await redis.pttl(lease) > 1000  # renewed
+    await redis.set(lease, "someone else")
+    await registry.beat()
+    assert await redis.get(lease) == b"someone else" and await redis.pttl(lease) == -1  # not ours: untouched
