@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
@@ -67,7 +67,7 @@ class Jobs:
         await self._events.submit(job, self.keys.queries, {"question": query.question})
         return job.id
 
-    async def cancel(self, job_id: str) -> str:
+    async def cancel(self, job_id: str) -> Literal["cancelled", "cancelling"]:
         """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import openai
@@ -29,7 +29,7 @@ class Answer:
 
 
 class Generator(Protocol):
-    def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncIterator[str]: ...
+    def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncGenerator[str, None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -50,7 +50,7 @@ class OpenAIGenerator:
             base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout_s, max_retries=2
         )
 
-    async def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncIterator[str]:
+    async def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncGenerator[str, None]:
         s = self._settings
         try:
             response = await self._client.chat.completions.create(
@@ -104,7 +104,7 @@ class ExtractiveGenerator:
     def __init__(self, sentences: int = 3) -> None:
         self._sentences = sentences
 
-    async def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncIterator[str]:
+    async def stream(self, question: str, sources: list[Source], answer: Answer) -> AsyncGenerator[str, None]:
         if not sources:
             yield "No indexed passage matches this question."
             return
@@ -120,11 +120,18 @@ class ExtractiveGenerator:
             best = sources[0]
             scored = [(0.0, 0, best.snippet.strip(), best.n)]
         scored.sort(reverse=True)
-        parts = [f"{text} [{n}]" for _, _, text, n in scored[: self._sentences]]
-        words = " ".join(parts).split(" ")
-        for i, word in enumerate(words):
-            yield word if i == 0 else " " + word
-        answer.usage = Usage(completion_tokens=len(words))
+        parts: list[str] = []
+        seen: set[str] = set()
+        for _, _, text, n in scored:
+            if text.lower() not in seen:  # documents repeat themselves; an answer should not
+                seen.add(text.lower())
+                parts.append(f"{text} [{n}]")
+            if len(parts) == self._sentences:
+                break
+        pieces = " ".join(parts).split(" ")
+        for i, piece in enumerate(pieces):
+            yield piece if i == 0 else " " + piece
+        answer.usage = Usage(completion_tokens=len(pieces))
 
     async def aclose(self) -> None:
         return None
