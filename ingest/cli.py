@@ -1,11 +1,17 @@
-"""``python -m ingest PATH...``: index PDFs (files or folders) through the workers, with progress."""
+"""``python -m ingest PATH...``: index PDFs (files or folders) through the workers, with progress.
+
+``--delete ID_OR_PATH`` removes a document instead; ``--force`` re-indexes unchanged files;
+``--json`` prints one JSON object per line instead of a progress bar and a table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -15,27 +21,40 @@ from rich.table import Table
 from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, SettingsError, load_settings
-from ingest.producer import FileResult, Producer, RunState, expand
+from ingest.producer import DEFAULT_COLLECTION, FileResult, Producer, RunState, expand
+
+COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__)
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="PDF files or folders of PDFs")
-    parser.add_argument("--collection", default=None, help="index into this collection (default: 'default')")
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="PDF files or folders of PDFs")
+    parser.add_argument("--collection", default=None,
+                        help=f"index into this collection (default: '{DEFAULT_COLLECTION}'); letters, digits, _ and -")
+    parser.add_argument("--force", action="store_true", help="re-index files even when already indexed unchanged")
+    parser.add_argument("--delete", metavar="ID_OR_PATH", action="append", default=[],
+                        help="delete a document by id or by the path it was indexed from (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a progress bar")
     args = parser.parse_args(argv)
+    if not args.paths and not args.delete:
+        parser.error("give PDF files or folders to ingest, or --delete ID_OR_PATH")
+    if args.collection is not None and not COLLECTION.fullmatch(args.collection):
+        parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    files = list(expand(args.paths))
-    if not files:
-        print("error: no PDF files found in the given paths", file=sys.stderr)
-        return 2
     try:
-        results = asyncio.run(_run(settings, files, args.collection, args.json))
+        if args.delete:
+            return asyncio.run(_delete(settings, args.delete, args.collection, args.json))
+        files = list(expand(args.paths))
+        if not files:
+            print("error: no PDF files found in the given paths", file=sys.stderr)
+            return 2
+        results = asyncio.run(_run(settings, files, args.collection, args.force, args.json))
     except (ConnectionError, OSError) as exc:
         print(f"error: cannot reach Redis at {settings.redis.url}: {exc}", file=sys.stderr)
         return 1
@@ -45,37 +64,56 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
-async def _run(settings: Settings, files: list[Path], collection: str | None, as_json: bool) -> list[FileResult]:
+def _print_json(record: dict[str, Any]) -> None:
+    print(msgspec.json.encode(record).decode(), flush=True)
+
+
+async def _run(settings: Settings, files: list[Path], collection: str | None, force: bool,
+               as_json: bool) -> list[FileResult]:
     redis = connect(settings.redis)
     console = Console(stderr=True)
     try:
         await redis.ping()
-        producer = Producer(redis, settings, collection=collection)
+        producer = Producer(redis, settings, collection=collection, force=force)
         if as_json:
             def on_update(state: RunState, result: FileResult | None) -> None:
-                record = {"event": "file", **msgspec.to_builtins(result)} if result else {
-                    "event": "progress", **msgspec.to_builtins(state)}
-                print(msgspec.json.encode(record).decode(), flush=True)
+                if result is not None:
+                    _print_json({"event": "file", **msgspec.to_builtins(result)})
+                else:
+                    _print_json({"event": "progress", **msgspec.to_builtins(state)})
 
             results = await producer.run(files, on_update)
+            _print_json({"event": "summary", "files": len(results),
+                         "failed": sum(r.status == "failed" for r in results),
+                         "unchanged": sum(r.status == "unchanged" for r in results),
+                         "chunks": sum(r.chunks for r in results if r.status == "sent"),
+                         "pages": sum(r.pages for r in results if r.status == "sent")})
         else:
             with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>14}"), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=console, transient=False,
             ) as bar:
                 file_task = bar.add_task("files", total=len(files), rate="")
-                chunk_task = bar.add_task("chunks indexed", total=None, rate="")
+                page_task = bar.add_task("pages parsed", total=None, rate="")
+                chunk_task = bar.add_task("chunks embedded", total=None, rate="")
 
                 def on_update(state: RunState, result: FileResult | None) -> None:
                     bar.update(file_task, completed=state.files_done)
-                    bar.update(chunk_task, completed=state.chunks_indexed,
-                               total=state.chunks_sent if state.sealed or state.chunks_sent else None)
-                    task = bar.tasks[chunk_task]
-                    if task.speed:
-                        bar.update(chunk_task, rate=f"{task.speed:.0f} chunks/s")
-                    if result and result.status == "failed":
+                    bar.update(page_task, completed=state.pages, total=state.pages_total or None)
+                    # Until every file is parsed, the total is estimated from chunks per page so far.
+                    total = state.chunks_sent
+                    if not state.sealed and state.pages and state.pages_total > state.pages:
+                        total = int(state.chunks_sent * state.pages_total / state.pages)
+                    bar.update(chunk_task, completed=state.chunks_indexed, total=total or None)
+                    for task_id, unit in ((page_task, "pages/s"), (chunk_task, "chunks/s")):
+                        speed = bar.tasks[task_id].speed
+                        if speed:
+                            bar.update(task_id, rate=f"{speed:.0f} {unit}")
+                    if result is not None and result.status == "failed":
                         bar.console.print(f"[red]failed[/] {result.path}: {result.code}: {result.message}")
+                    elif result is not None and result.skipped_pages:
+                        bar.console.print(f"[yellow]skipped pages[/] {result.path}: {result.message}")
 
                 results = await producer.run(files, on_update)
             _summary(console, results)
@@ -84,11 +122,51 @@ async def _run(settings: Settings, files: list[Path], collection: str | None, as
         await redis.aclose()
 
 
+async def _delete(settings: Settings, targets: list[str], collection: str | None, as_json: bool) -> int:
+    redis = connect(settings.redis)
+    console = Console(stderr=True)
+    failed = 0
+    try:
+        await redis.ping()
+        producer = Producer(redis, settings, collection=collection)
+        for target in targets:
+            document_id = await producer.resolve(target)
+            points = await producer.delete(document_id) if document_id else None
+            if points is None:
+                failed += 1
+                record = {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",
+                          "message": f"no document {target!r} in collection "
+                                     f"{collection or DEFAULT_COLLECTION!r}"}
+            else:
+                record = {"event": "delete", "target": target, "status": "deleted", "document_id": document_id,
+                          "chunks": points}
+            if as_json:
+                _print_json(record)
+            elif record["status"] == "deleted":
+                console.print(f"deleted {document_id} ({target}): {points} chunks")
+            else:
+                console.print(f"[red]failed[/] {target}: {record['code']}: {record['message']}")
+    finally:
+        await redis.aclose()
+    return 1 if failed else 0
+
+
 def _summary(console: Console, results: list[FileResult]) -> None:
     table = Table(title="ingest summary")
-    for column in ("file", "status", "pages", "chunks", "document id / error"):
+    for column in ("file", "status", "pages", "chunks", "document id / note"):
         table.add_column(column)
     for r in results:
-        detail = r.document_id or "" if r.status != "failed" else f"{r.code}: {r.message}"
-        table.add_row(r.path, r.status if r.status != "sent" else "indexed", str(r.pages), str(r.chunks), detail)
+        status = {"sent": "indexed"}.get(r.status, r.status)
+        if r.status == "failed":
+            detail = f"{r.code}: {r.message}"
+        else:
+            detail = r.document_id or ""
+            if r.skipped_pages:
+                detail += f" ({len(r.skipped_pages)} page(s) skipped: no text layer, no OCR)"
+            if r.status == "unchanged":
+                detail += " (already indexed; --force re-indexes)"
+        style = {"failed": "red", "unchanged": "dim"}.get(r.status, "")
+        table.add_row(r.path, f"[{style}]{status}[/]" if style else status, str(r.pages), str(r.chunks), detail)
     console.print(table)
+    failed = sum(r.status == "failed" for r in results)
+    console.print(f"{len(results)} file(s): {len(results) - failed} ok, {failed} failed")

@@ -28,3 +28,13 @@ class EmptyPdf(IngestError):
 
 class TooLarge(IngestError):
     code = "file_too_large"
+
+
+class NoText(IngestError):
+    """No page has a text layer (a scan without Tesseract installed) or any text at all."""
+
+    code = "pdf_no_text"
+
+
+class FileNotFound(IngestError):
+    code = "file_not_found"

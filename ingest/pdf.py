@@ -1,15 +1,49 @@
-"""Reading PDFs with PyMuPDF: one page's text at a time, never the whole document."""
+"""Reading PDFs with PyMuPDF: one page at a time, as text blocks in reading order, never the whole document.
+
+A page becomes a list of blocks: paragraphs (MuPDF joins hyphenated line breaks) and
+tables (``page.find_tables()`` as markdown), ordered column by column, with the
+headers and footers that repeat across pages dropped (see :func:`drop_repeats`).
+A page without a text layer is OCRed with Tesseract when it is installed, and is
+otherwise reported as skipped: never silently empty.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator
+import os
+import re
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 import pymupdf
+import structlog
+from msgspec import Struct
 
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, NotAPdf, TooLarge
+
+log = structlog.get_logger("ingest.pdf")
+
+# "blocks" flags without images, plus MuPDF's own joining of hyphenated line breaks, and
+# vector graphics as blocks of type 3: they tell which pages may hold a ruled table, at no
+# extra cost (a separate get_cdrawings() pass took half as long as the text itself).
+TEXT_FLAGS = ((pymupdf.TEXTFLAGS_BLOCKS & ~pymupdf.TEXT_PRESERVE_IMAGES) | pymupdf.TEXT_DEHYPHENATE
+              | pymupdf.TEXT_COLLECT_VECTORS)
+_TEXT, _VECTOR = 0, 3
+#: A page with fewer characters than this but an image covering most of it is a scan.
+SCAN_MAX_CHARS = 20
+#: Fraction of the page height at the top and at the bottom where headers and footers live.
+MARGIN = 0.1
+#: Pages looked at on each side of a page to decide that a margin line repeats.
+REPEAT_WINDOW = 4
+#: A margin line seen on this many other pages of the window is a header or footer.
+REPEAT_MIN = 2
+#: Line-art paths a page needs before find_tables() (slow) is worth calling.
+TABLE_MIN_PATHS = 4
 
 
 def document_id(path: Path) -> str:
@@ -21,28 +55,68 @@ def document_id(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+class Block(NamedTuple):
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    table: bool = False
+
+
+class Page(Struct):
+    number: int  # 1-based
+    height: float
+    blocks: list[Block]
+    ocr: bool = False
+    #: No text layer and no OCR available: reported to the user.
+    skipped: bool = False
+
+
+@functools.lru_cache(maxsize=8)
+def tessdata(language: str) -> str | None:
+    """Tesseract's language folder when Tesseract and every language in ``language`` are installed."""
+    try:
+        folder = str(pymupdf.get_tessdata())
+    except (RuntimeError, OSError):
+        return None
+    if not folder or not all(os.path.isfile(os.path.join(folder, f"{lang}.traineddata"))
+                             for lang in language.split("+")):
+        return None
+    return folder
+
+
+class OcrOptions(Struct, frozen=True):
+    language: str = "eng"
+    dpi: int = 200
+
+
 class PdfReader:
     """An open PDF; raises a coded IngestError for files that cannot be read."""
 
-    def __init__(self, path: Path, *, max_bytes: int) -> None:
+    def __init__(self, path: Path, *, max_bytes: int, name: str | None = None) -> None:
         self.path = path
+        self.name = name or path.name
         size = path.stat().st_size
         if size > max_bytes:
-            raise TooLarge(f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+            raise TooLarge(f"{self.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
         with path.open("rb") as fh:
             head = fh.read(1024)
         if b"%PDF-" not in head:
-            raise NotAPdf(f"{path.name} is not a PDF (no %PDF- header)")
+            raise NotAPdf(f"{self.name} is not a PDF (no %PDF- header)")
         try:
             self._doc = pymupdf.open(path, filetype="pdf")
         except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
-            raise BrokenPdf(f"{path.name} cannot be parsed: {exc}") from None
+            raise BrokenPdf(f"{self.name} cannot be parsed: {exc}") from None
         if self._doc.needs_pass:
             self._doc.close()
-            raise EncryptedPdf(f"{path.name} is encrypted and needs a password")
+            raise EncryptedPdf(f"{self.name} is encrypted and needs a password")
         if self._doc.page_count == 0:
             self._doc.close()
-            raise EmptyPdf(f"{path.name} has no pages")
+            raise EmptyPdf(f"{self.name} has no pages")
+        if self._doc.is_repaired:
+            # MuPDF rebuilt a damaged cross-reference table; pages may still fail below.
+            log.info("pdf_repaired", file=self.name)
 
     @property
     def pages(self) -> int:
@@ -51,16 +125,47 @@ class PdfReader:
     @property
     def title(self) -> str:
         meta = self._doc.metadata or {}
-        return (meta.get("title") or "").strip() or self.path.stem
+        return (meta.get("title") or "").strip() or Path(self.name).stem
 
-    def page_texts(self) -> Iterator[tuple[int, str]]:
-        """(1-based page number, text) in order; a page that fails to parse is broken input."""
+    def outline(self) -> list[tuple[int, str]]:
+        """(1-based page, title) of every outline entry, in page order."""
+        try:
+            toc = self._doc.get_toc(simple=True)
+        except (RuntimeError, ValueError):
+            return []
+        return sorted(((int(page), " ".join(str(title).split())) for _, title, page in toc if page >= 1),
+                      key=lambda e: e[0])
+
+    def read(self, ocr: OcrOptions | None = None) -> Iterator[Page]:
+        """Every page in order, its blocks in reading order; a page that fails to parse is broken input."""
+        folder = tessdata(ocr.language) if ocr is not None else None
         for number in range(self._doc.page_count):
             try:
-                text = self._doc.load_page(number).get_text("text", sort=True)
+                page = self._doc.load_page(number)
+                yield self._read_page(page, number + 1, ocr, folder)
             except (RuntimeError, ValueError) as exc:
-                raise BrokenPdf(f"{self.path.name}, page {number + 1}: {exc}") from None
-            yield number + 1, text
+                raise BrokenPdf(f"{self.name}, page {number + 1}: {exc}") from None
+            if number % 256 == 255:
+                # MuPDF keeps parsed objects in its store; a long document would otherwise grow it to its cap.
+                pymupdf.TOOLS.store_shrink(100)
+
+    def _read_page(self, page: pymupdf.Page, number: int, ocr: OcrOptions | None, folder: str | None) -> Page:
+        raw = page.get_text("blocks", flags=TEXT_FLAGS)
+        height = float(page.rect.height)
+        blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
+        if sum(len(b.text) for b in blocks) < SCAN_MAX_CHARS and _is_scan(page):
+            if ocr is None or folder is None:
+                return Page(number, height, blocks, skipped=True)
+            textpage = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
+                                             tessdata=folder)
+            raw = page.get_text("blocks", flags=TEXT_FLAGS, textpage=textpage)
+            blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
+            return Page(number, height, reading_order(blocks), ocr=True)
+        # Ruled tables are drawn as lines and rectangles; on a page with (almost) none,
+        # find_tables() (slow; its default "lines" strategy) could find nothing anyway.
+        if sum(b[6] == _VECTOR for b in raw) >= TABLE_MIN_PATHS:
+            blocks = _with_tables(page, blocks)
+        return Page(number, height, reading_order(blocks))
 
     def close(self) -> None:
         self._doc.close()
@@ -70,3 +175,149 @@ class PdfReader:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
+
+
+def _is_scan(page: pymupdf.Page) -> bool:
+    """Images cover at least half the page: a scan (a blank page is just empty)."""
+    area = abs(page.rect) or 1.0
+    covered = sum(abs(pymupdf.Rect(info["bbox"]) & page.rect) for info in page.get_image_info())
+    return covered / area >= 0.5
+
+
+def _with_tables(page: pymupdf.Page, blocks: list[Block]) -> list[Block]:
+    """Replace the text blocks inside each table by the table as one markdown block."""
+    try:
+        tables = page.find_tables().tables
+    except (RuntimeError, ValueError, IndexError) as exc:  # a malformed drawing must not lose the page
+        log.info("find_tables_failed", page=page.number + 1, error=str(exc))
+        return blocks
+    if not tables:
+        return blocks
+    out: list[Block] = []
+    boxes = [pymupdf.Rect(t.bbox) for t in tables]
+    for block in blocks:
+        centre = pymupdf.Point((block.x0 + block.x1) / 2, (block.y0 + block.y1) / 2)
+        if not any(centre in box for box in boxes):
+            out.append(block)
+    for table, box in zip(tables, boxes):
+        markdown = table.to_markdown(clean=False).strip()
+        if markdown:
+            out.append(Block(box.x0, box.y0, box.x1, box.y1, markdown, table=True))
+    return out
+
+
+def reading_order(blocks: list[Block]) -> list[Block]:
+    """Blocks as a person reads them: full-width blocks split the page into bands; within a
+    band, narrow blocks group into columns (overlapping x ranges), read left to right,
+    each top to bottom."""
+    if len(blocks) < 2:
+        return blocks
+    left = min(b.x0 for b in blocks)
+    width = max(b.x1 for b in blocks) - left or 1.0
+    ordered: list[Block] = []
+    band: list[Block] = []
+    for block in sorted(blocks, key=lambda b: (b.y0, b.x0)):
+        if block.x1 - block.x0 > 0.55 * width:
+            ordered += _columns(band)
+            band = []
+            ordered.append(block)
+        else:
+            band.append(block)
+    ordered += _columns(band)
+    return ordered
+
+
+def _columns(band: list[Block]) -> list[Block]:
+    if len(band) < 2:
+        return band
+    columns: list[list[Block]] = []
+    right = -1.0
+    for block in sorted(band, key=lambda b: b.x0):
+        # A small tolerance: ragged or indented lines of one column still overlap.
+        if columns and block.x0 < right - 2:
+            columns[-1].append(block)
+            right = max(right, block.x1)
+        else:
+            columns.append([block])
+            right = block.x1
+    return [b for column in columns for b in sorted(column, key=lambda b: (b.y0, b.x0))]
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _margin_key(block: Block) -> str:
+    # "Page 3 of 40" and "Page 4 of 40" are the same footer.
+    return _DIGITS.sub("#", " ".join(block.text.split()).lower())
+
+
+def _margin_keys(page: Page) -> dict[int, str]:
+    """Block position -> key, for the blocks in the page's top and bottom margins."""
+    top, bottom = page.height * MARGIN, page.height * (1 - MARGIN)
+    return {i: _margin_key(b) for i, b in enumerate(page.blocks)
+            if (b.y1 <= top or b.y0 >= bottom) and not b.table}
+
+
+def drop_repeats(pages: Iterable[Page], window: int = REPEAT_WINDOW) -> Iterator[Page]:
+    """Drop header and footer blocks: margin lines that repeat on other pages nearby.
+
+    Looks ``window`` pages ahead and behind, so only ``window + 1`` pages are held at once.
+    """
+    ahead: deque[tuple[Page, dict[int, str]]] = deque()
+    behind: deque[set[str]] = deque(maxlen=window)
+
+    def emit() -> Page:
+        page, keys = ahead.popleft()
+        if keys:
+            others = [*behind, *(set(k.values()) for _, k in ahead)]
+            drop = {i for i, key in keys.items() if sum(key in other for other in others) >= REPEAT_MIN}
+            if drop:
+                page.blocks = [b for i, b in enumerate(page.blocks) if i not in drop]
+        behind.append(set(keys.values()))
+        return page
+
+    for page in pages:
+        ahead.append((page, _margin_keys(page)))
+        if len(ahead) > window:
+            yield emit()
+    while ahead:
+        yield emit()
+
+
+class Sections:
+    """The outline entry each block falls under.
+
+    An entry starts at the block of its page that begins with its title, or at the top of
+    its page when no block does (titles in outlines need not match the text).
+    """
+
+    def __init__(self, outline: list[tuple[int, str]]) -> None:
+        self._outline = outline
+        self._pages = [page for page, _ in outline]
+        self.current: str | None = None
+
+    def of_blocks(self, number: int, blocks: list[Block]) -> list[str | None]:
+        """The section of each block of page ``number`` (pages are visited in order)."""
+        if not self._outline:
+            return [None] * len(blocks)
+        start, end = bisect_right(self._pages, number - 1), bisect_right(self._pages, number)
+        if self.current is None and start > 0:
+            self.current = self._outline[start - 1][1]  # the first page visited may be past some entries
+        starts: list[tuple[int, str]] = []
+        pos = 0
+        for _, title in self._outline[start:end]:
+            for j in range(pos, len(blocks)):
+                if " ".join(blocks[j].text[: len(title) + 40].split()).startswith(title):
+                    pos = j
+                    break
+            starts.append((pos, title))
+        out: list[str | None] = []
+        k = 0
+        for i in range(len(blocks)):
+            while k < len(starts) and starts[k][0] <= i:
+                self.current = starts[k][1]
+                k += 1
+            out.append(self.current)
+        if starts:
+            self.current = starts[-1][1]
+        return out

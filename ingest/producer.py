@@ -2,7 +2,8 @@
 
 The CLI and the API's upload endpoint share this code. Only a bounded window of
 chunks is ever sent but not yet indexed (backpressure), so Redis never holds a
-whole library of un-embedded text.
+whole library of un-embedded text; parsing runs a batch at a time in a thread, and
+only a few pages and one batch of chunks are in memory at once.
 """
 
 from __future__ import annotations
@@ -10,31 +11,59 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+import pymupdf
+import structlog
 from msgspec import Struct
 
 from core.events import EventWriter
 from core.keys import Keys
-from core.protocol import ChunkIn, chunk_id, Document, IngestBatch, Progress, decode_event, new_id, new_job, now_ms
-from ingest.chunker import chunk_pages
-from ingest.errors import IngestError
+from core.protocol import (
+    ChunkIn, DeleteDocument, Document, DocumentEvent, Error, IngestBatch, Progress, chunk_id, decode_event, new_id,
+    new_job, now_ms,
+)
+from ingest.chunker import TokenCounter
+from ingest.errors import FileNotFound, IngestError, NoText
+from ingest.parse import ParseStats, parse
 from ingest.pdf import PdfReader, document_id
+from ingest.registry import DocumentRecord, Registry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.settings import Settings
 
+log = structlog.get_logger("ingest")
+
+DEFAULT_COLLECTION = "default"
+
+T = TypeVar("T")
+
 
 class FileResult(Struct, kw_only=True):
     path: str
-    status: str  # "sent" | "failed"
+    #: "sent" (indexed by the end of the run), "unchanged" (already indexed), "failed".
+    status: str
     document_id: str | None = None
     pages: int = 0
     chunks: int = 0
+    skipped_pages: list[int] = []
+    ocr_pages: list[int] = []
     code: str | None = None
     message: str | None = None
+
+
+class IngestFile(Struct, frozen=True, kw_only=True):
+    """A file to ingest: where to read it, the name it is cited by, the source it replaces by."""
+
+    path: Path
+    name: str
+    source: str
+
+    @classmethod
+    def local(cls, path: Path) -> IngestFile:
+        return cls(path=path, name=path.name, source=str(path.resolve()))
 
 
 class RunState(Struct, kw_only=True):
@@ -43,6 +72,8 @@ class RunState(Struct, kw_only=True):
     job_id: str
     files_total: int
     files_done: int = 0
+    #: Pages of every file of the run (known after a quick look at each), and parsed so far.
+    pages_total: int = 0
     pages: int = 0
     chunks_sent: int = 0
     chunks_indexed: int = 0
@@ -60,30 +91,65 @@ def expand(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
+def count_pages(paths: Iterable[Path]) -> int:
+    """Pages of the files PyMuPDF can open (for the progress bar's total; bad files count 0)."""
+    total = 0
+    for path in paths:
+        try:
+            with pymupdf.open(path, filetype="pdf") as doc:
+                total += 0 if doc.needs_pass else doc.page_count
+        except Exception:  # noqa: BLE001 - the real read reports the error
+            continue
+    return total
+
+
 class Producer:
     def __init__(self, redis: Redis, settings: Settings, *, collection: str | None = None,
-                 window_chunks: int = 2_000) -> None:
+                 force: bool = False, window_chunks: int | None = None,
+                 counter: TokenCounter | None = None) -> None:
         self._redis = redis
         self._settings = settings
         self._keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self._keys, settings.limits)
-        self._collection = collection
-        self._window = window_chunks
+        self.registry = Registry(redis, self._keys)
+        self._collection = collection or DEFAULT_COLLECTION
+        self._force = force
+        self._window = window_chunks or settings.ingest.window_chunks
+        self._counter = counter
 
-    async def run(self, files: list[Path], on_update: Callable[[RunState, FileResult | None], None]) -> list[FileResult]:
-        """Send every file, then wait until the workers have indexed every chunk."""
-        state = RunState(job_id=new_id(), files_total=len(files))
-        await self._events.create_record(
-            state.job_id, {"kind": "ingest", "created_ms": now_ms(), "files": len(files)}
-        )
+    async def run(self, files: list[Path] | list[IngestFile],
+                  on_update: Callable[[RunState, FileResult | None], None], *,
+                  job_id: str | None = None, fail_job: bool = False) -> list[FileResult]:
+        """Send every file, then wait until the workers have indexed every chunk.
+
+        ``fail_job``: a failed file ends the job with an ``error`` event (one-file uploads).
+        """
+        items = [f if isinstance(f, IngestFile) else IngestFile.local(f) for f in files]
+        state = RunState(job_id=job_id or new_id(), files_total=len(items))
+        await self.open_job(state.job_id, len(items))
+        if self._counter is None:
+            self._counter = await asyncio.to_thread(TokenCounter.minilm)
+        state.pages_total = await asyncio.to_thread(count_pages, [i.path for i in items])
         follower = asyncio.create_task(self._follow(state, on_update))
         results: list[FileResult] = []
         try:
-            for path in files:
-                result = await self._send_file(path, state)
+            for item in items:
+                result = await self._send_file(item, state, on_update)
                 state.files_done += 1
                 results.append(result)
+                await self._events.emit(state.job_id, DocumentEvent(
+                    status="indexing" if result.status == "sent" else result.status,
+                    file=item.name, document_id=result.document_id, pages=result.pages, chunks=result.chunks,
+                    skipped_pages=result.skipped_pages, code=result.code, message=result.message,
+                ), unless_cancelled=False)
                 on_update(state, result)
+            if fail_job and results and results[-1].status == "failed":
+                failed = results[-1]
+                await self._events.emit(state.job_id, Error(code=failed.code or "ingest_failed",
+                                                            message=failed.message or "ingest failed"),
+                                        unless_cancelled=False)
+                state.finished = True
+                return results
             await self._events.ingest_sealed(state.job_id, state.chunks_sent)
             state.sealed = True
             await follower
@@ -91,41 +157,139 @@ class Producer:
             follower.cancel()
         return results
 
-    async def _send_file(self, path: Path, state: RunState) -> FileResult:
+    async def open_job(self, job_id: str, files: int) -> None:
+        """Create the ingest job's record: its id is known (and its events readable) from now on."""
+        await self._events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
+
+    async def _send_file(self, item: IngestFile, state: RunState,
+                         on_update: Callable[[RunState, FileResult | None], None]) -> FileResult:
         ingest = self._settings.ingest
+        collection = self._collection
         try:
-            if not path.is_file():
-                raise IngestError(f"{path} does not exist or is not a file", code="file_not_found")
-            doc_id = await asyncio.to_thread(document_id, path)
-            reader = await asyncio.to_thread(PdfReader, path, max_bytes=ingest.max_file_mb * 1024 * 1024)
+            if not item.path.is_file():
+                raise FileNotFound(f"{item.path} does not exist or is not a file")
+            doc_id = await asyncio.to_thread(document_id, item.path)
+            reader = await asyncio.to_thread(PdfReader, item.path, max_bytes=ingest.max_file_mb * 1024 * 1024,
+                                             name=item.name)
         except IngestError as exc:
-            return FileResult(path=str(path), status="failed", code=exc.code, message=exc.message)
+            return FileResult(path=str(item.path), status="failed", code=exc.code, message=exc.message)
         with reader:
-            document = Document(id=doc_id, file=path.name, source=str(path.resolve()), title=reader.title,
+            existing = await self.registry.get(collection, doc_id)
+            if existing is not None and existing.status == "ready" and not self._force:
+                return FileResult(path=str(item.path), status="unchanged", document_id=doc_id, pages=existing.pages,
+                                  chunks=existing.chunks, message="already indexed, unchanged (--force re-indexes)")
+            previous = await self.registry.by_source(collection, item.source)
+            # A new version goes to the staging area and replaces the old one when complete;
+            # a forced re-index of a ready document overwrites its own points in place.
+            staged = existing is None or existing.status != "ready"
+            record = DocumentRecord(
+                id=doc_id, collection=collection, file=item.name, source=item.source, title=reader.title,
+                pages=reader.pages, job_id=state.job_id, staged=staged,
+                replaces=previous if previous and previous != doc_id else "",
+                created_ms=existing.created_ms if existing else 0,
+            )
+            await self.registry.start(record)
+            document = Document(id=doc_id, file=item.name, source=item.source, title=reader.title,
                                 pages=reader.pages)
-            chunks = chunk_pages(reader.page_texts(), size=ingest.chunk_words, overlap=ingest.overlap_words)
-            sent = 0
+            stats = ParseStats()
+            pages_before = state.pages
             try:
-                while True:
-                    # Parsing is CPU work: a batch at a time in a thread keeps the loop free.
-                    batch = await asyncio.to_thread(_take, chunks, ingest.batch_chunks)
-                    if not batch:
-                        break
-                    await self._wait_for_window(state)
-                    message = IngestBatch(
-                        document=document,
-                        chunks=[ChunkIn(id=chunk_id(doc_id, c.index), text=c.text, page=c.page,
-                                        page_end=c.page_end, index=c.index) for c in batch],
-                        collection=self._collection,
-                    )
-                    await self._events.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
-                    sent += len(batch)
-                    state.chunks_sent += len(batch)
+                sent = await self._send_chunks(reader, document, staged, stats, state, pages_before, on_update)
             except IngestError as exc:
-                return FileResult(path=str(path), status="failed", document_id=doc_id, chunks=sent,
-                                  code=exc.code, message=exc.message)
-            state.pages += reader.pages
-            return FileResult(path=str(path), status="sent", document_id=doc_id, pages=reader.pages, chunks=sent)
+                await self.registry.fail(collection, doc_id, exc.code, exc.message)
+                if staged:
+                    # Whatever was sent of a failed new version is garbage: the workers drop it.
+                    await self._events.enqueue(new_job(DeleteDocument(
+                        document_id=doc_id, collection=collection, forget=False, report=False)), self._keys.ingest)
+                state.pages = pages_before + reader.pages
+                return FileResult(path=str(item.path), status="failed", document_id=doc_id, pages=reader.pages,
+                                  skipped_pages=stats.skipped_pages, code=exc.code, message=exc.message)
+            await self.registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
+                                       ocr_pages=len(stats.ocr_pages))
+            skipped = (f"{len(stats.skipped_pages)} page(s) without a text layer skipped (install tesseract-ocr to "
+                       f"OCR them): {_pages(stats.skipped_pages)}") if stats.skipped_pages else None
+            return FileResult(path=str(item.path), status="sent", document_id=doc_id, pages=reader.pages, chunks=sent,
+                              skipped_pages=stats.skipped_pages, ocr_pages=stats.ocr_pages, message=skipped)
+
+    async def _send_chunks(self, reader: PdfReader, document: Document, staged: bool, stats: ParseStats,
+                           state: RunState, pages_before: int,
+                           on_update: Callable[[RunState, FileResult | None], None]) -> int:
+        ingest = self._settings.ingest
+        chunks = parse(reader, ingest, self._counter, stats)
+        scope = f"{self._collection}/{document.id}"
+        # One batch of look-ahead: the last batch carries the document's totals.
+        batch = await asyncio.to_thread(_take, chunks, ingest.batch_chunks)
+        if not batch:
+            if stats.skipped_pages:
+                raise NoText(f"{document.file} has no text layer on any page ({len(stats.skipped_pages)} scanned "
+                             "page(s)) and Tesseract is not installed to OCR them (apt-get install tesseract-ocr)")
+            raise NoText(f"{document.file} has no extractable text")
+        seq = sent = 0
+        while batch:
+            # Parsing is CPU work: a batch at a time in a thread keeps the loop free.
+            following = await asyncio.to_thread(_take, chunks, ingest.batch_chunks)
+            last = not following
+            await self._wait_for_window(state)
+            message = IngestBatch(
+                document=document,
+                chunks=[ChunkIn(id=chunk_id(scope, c.index), text=c.text, page=c.page, page_end=c.page_end,
+                                index=c.index, section=c.section) for c in batch],
+                collection=self._collection,
+                seq=seq,
+                batches=seq + 1 if last else None,
+                chunks_total=sent + len(batch) if last else None,
+                staged=staged,
+            )
+            await self._events.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
+            seq += 1
+            sent += len(batch)
+            state.chunks_sent += len(batch)
+            state.pages = pages_before + stats.pages
+            on_update(state, None)
+            batch = following
+        return sent
+
+    async def delete(self, document_id: str, *, timeout_s: float = 60.0) -> int | None:
+        """Delete a document through the workers and wait for it; the number of points removed.
+
+        None when the registry does not know it (in this collection).
+        """
+        job_id = await self.request_delete(document_id)
+        if job_id is None:
+            return None
+        key = self._keys.events(job_id)
+        cursor = b"0-0"
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            reply = await self._redis.xread({key: cursor}, count=100, block=1000)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    if fields[b"type"] == b"done":
+                        return int(getattr(decode_event(fields[b"data"]), "chunks", 0))
+        raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s")
+
+    async def request_delete(self, document_id: str) -> str | None:
+        """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown)."""
+        if await self.registry.get(self._collection, document_id) is None:
+            return None
+        job = new_job(DeleteDocument(document_id=document_id, collection=self._collection))
+        await self.registry.update(self._collection, document_id, status="deleting")
+        await self._events.submit(job, self._keys.ingest, {"document_id": document_id,
+                                                           "collection": self._collection})
+        return job.id
+
+    async def resolve(self, id_or_path: str) -> str | None:
+        """A document id from an id, or from a path: the source it was indexed from, else its content hash."""
+        if await self.registry.get(self._collection, id_or_path) is not None:
+            return id_or_path
+        path = Path(id_or_path)
+        found = await self.registry.by_source(self._collection, str(path.resolve()))
+        if found:
+            return found
+        if path.is_file():
+            return await asyncio.to_thread(document_id, path)
+        return None
 
     async def _wait_for_window(self, state: RunState) -> None:
         while state.chunks_sent - state.chunks_indexed >= self._window and not state.finished:
@@ -145,17 +309,23 @@ class Producer:
                         state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
                     elif kind == "done":
                         state.finished = True
-                    elif kind == "error":
-                        state.error = getattr(event, "message", "error")
+                    elif kind in ("error", "cancelled"):
+                        state.error = getattr(event, "message", kind)
+                        state.finished = True
                     on_update(state, None)
-                    if kind == "done":
+                    if state.finished:
                         return
 
 
-def _take(chunks: Iterator, n: int) -> list:  # type: ignore[type-arg]
-    out = []
-    for chunk in chunks:
-        out.append(chunk)
+def _pages(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:10]))
+    return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+
+
+def _take(items: Iterator[T], n: int) -> list[T]:
+    out: list[T] = []
+    for item in items:
+        out.append(item)
         if len(out) == n:
             break
     return out

@@ -1,4 +1,10 @@
-"""Indexing ingest batches: embed a batch of chunks in one call, upsert them, report progress."""
+"""Indexing the ingest stream: embed a batch of chunks in one call, upsert, publish complete documents, delete.
+
+A new version of a document is indexed into a hidden staging area; the worker that
+indexes its last missing batch publishes it (unstages it and deletes the version it
+replaces, see VectorStore.publish) before that batch's progress is counted, so the
+ingest job's ``done`` comes after every document of the job is visible.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from core.protocol import IngestBatch
-from workers.store import DEFAULT_COLLECTION, PointIn
+from core.protocol import DeleteDocument, DocumentEvent, Done, IngestBatch
+from ingest.registry import Registry
+from workers.store import DEFAULT_COLLECTION, PointIn, staging
 
 if TYPE_CHECKING:
     from core.events import EventWriter
+    from core.protocol import Job
     from workers.consumer import Consumer, Delivery
     from workers.embedder import Embedder
     from workers.metrics import Metrics
@@ -22,16 +30,22 @@ log = structlog.get_logger("workers.indexer")
 
 class Indexer:
     def __init__(
-        self, *, embedder: Embedder, store: VectorStore, events: EventWriter, consumer: Consumer, metrics: Metrics
+        self, *, embedder: Embedder, store: VectorStore, events: EventWriter, consumer: Consumer, metrics: Metrics,
+        registry: Registry | None = None,
     ) -> None:
         self._embedder = embedder
         self._store = store
         self._events = events
         self._consumer = consumer
         self._metrics = metrics
+        self._registry = registry or Registry(events.redis, events.keys)
 
     async def index(self, delivery: Delivery) -> None:
+        """Handle one message of the ingest stream: a chunk batch or a document deletion."""
         job = delivery.job
+        if job is not None and isinstance(job.payload, DeleteDocument):
+            await self._delete(delivery, job, job.payload)
+            return
         if job is None or not isinstance(job.payload, IngestBatch):
             await self._consumer.dead_letter(delivery, "malformed_job", delivery.malformed or "not an ingest batch")
             return
@@ -40,18 +54,20 @@ class Indexer:
         vectors = await self._embedder.embed([c.text for c in batch.chunks]) if batch.chunks else []
         embedded = time.perf_counter()
         doc = batch.document
+        collection = batch.collection or DEFAULT_COLLECTION
         points = [
             PointIn(
                 chunk.id,
                 vector.tolist(),
                 {
-                    "collection": batch.collection or DEFAULT_COLLECTION,
+                    "collection": staging(collection) if batch.staged else collection,
                     "document_id": doc.id,
                     "file": doc.file,
                     "title": doc.title,
                     "page": chunk.page,
                     "page_end": chunk.page_end,
                     "index": chunk.index,
+                    "section": chunk.section,
                     "text": chunk.text,
                 },
             )
@@ -59,6 +75,10 @@ class Indexer:
         ]
         if points:
             await self._store.upsert(points)
+        if batch.seq is not None and await self._registry.batch_indexed(
+            collection, doc.id, batch.seq, batch.batches, batch.chunks_total
+        ):
+            await self._publish(job, collection, doc.id)
         # Progress before the ack: a crash in between re-indexes the batch (idempotent
         # upserts) and counts it twice, never loses it.
         await self._events.ingest_progress(job.id, len(points), doc.file)
@@ -67,3 +87,35 @@ class Indexer:
         log.info("ingest_batch", job_id=job.id, file=doc.file, chunks=len(points),
                  embed_ms=round((embedded - started) * 1000, 1),
                  upsert_ms=round((time.perf_counter() - embedded) * 1000, 1))
+
+    async def _publish(self, job: Job, collection: str, document_id: str) -> None:
+        record = await self._registry.get(collection, document_id)
+        if record is None:  # deleted while it was being indexed
+            await self._store.delete_document(document_id, collection)
+            return
+        replaces = [r for r in record.replaces.split(",") if r and r != document_id]
+        await self._store.publish(document_id, collection, chunks=record.chunks, staged=record.staged,
+                                  replaces=replaces)
+        await self._registry.published(record)
+        await self._events.emit(job.id, DocumentEvent(
+            status="ready", file=record.file, document_id=document_id, pages=record.pages, chunks=record.chunks,
+        ), unless_cancelled=False)
+        await self._metrics.incr(documents_published=1)
+        log.info("document_published", job_id=job.id, file=record.file, document_id=document_id,
+                 chunks=record.chunks, replaced=replaces)
+
+    async def _delete(self, delivery: Delivery, job: Job, request: DeleteDocument) -> None:
+        collection = request.collection or DEFAULT_COLLECTION
+        record = await self._registry.get(collection, request.document_id)
+        deleted = await self._store.delete_document(request.document_id, collection)
+        if request.forget:
+            await self._registry.forget(collection, request.document_id)
+        if request.report:
+            await self._events.emit(job.id, DocumentEvent(
+                status="deleted", file=record.file if record else "", document_id=request.document_id,
+                chunks=deleted,
+            ), unless_cancelled=False)
+            await self._events.emit(job.id, Done(chunks=deleted), unless_cancelled=False)
+        await self._consumer.ack(delivery)
+        log.info("document_deleted", job_id=job.id, document_id=request.document_id, collection=collection,
+                 points=deleted)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -210,16 +211,20 @@ class ServerStore:
                     self._collection,
                     vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.COSINE),
                 )
-                await self._client.create_payload_index(
-                    self._collection, "collection", models.PayloadSchemaType.KEYWORD
-                )
-                # Publishing and deleting a document filter on these.
-                await self._client.create_payload_index(
-                    self._collection, "document_id", models.PayloadSchemaType.KEYWORD
-                )
-                await self._client.create_payload_index(
-                    self._collection, "index", models.PayloadSchemaType.INTEGER
-                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    await self._client.create_payload_index(
+                        self._collection, "collection", models.PayloadSchemaType.KEYWORD
+                    )
+                # Publishing and deleting a document filter on these (":memory:" warns it has no indexes).
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    await self._client.create_payload_index(
+                        self._collection, "document_id", models.PayloadSchemaType.KEYWORD
+                    )
+                    await self._client.create_payload_index(
+                        self._collection, "index", models.PayloadSchemaType.INTEGER
+                    )
         except Exception as exc:
             if "already exists" in str(exc):
                 return  # another replica created it first

@@ -1,0 +1,48 @@
+"""From an open PDF to chunks, page by page: blocks in reading order, repeats dropped, sections, chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from msgspec import Struct
+
+from ingest.chunker import Chunk, Chunker, TokenCounter, Unit
+from ingest.pdf import OcrOptions, PdfReader, Sections, drop_repeats
+
+if TYPE_CHECKING:
+    from core.settings import IngestSettings
+
+
+class ParseStats(Struct, kw_only=True):
+    """What parsing a document found so far; filled in while its chunks are consumed."""
+
+    pages: int = 0
+    ocr_pages: list[int] = []
+    #: Pages with no text layer that were not OCRed (Tesseract missing): told to the user.
+    skipped_pages: list[int] = []
+
+
+def chunker(settings: IngestSettings, counter: TokenCounter | None) -> Chunker:
+    return Chunker(size_words=settings.chunk_words, overlap_words=settings.overlap_words,
+                   size_tokens=settings.chunk_tokens, overlap_tokens=settings.overlap_tokens, counter=counter)
+
+
+def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | None,
+          stats: ParseStats | None = None) -> Iterator[Chunk]:
+    """The document's chunks, lazily: only a few pages and one chunk window are held at a time."""
+    stats = stats if stats is not None else ParseStats()
+    ocr = OcrOptions(settings.ocr_language, settings.ocr_dpi) if settings.ocr else None
+    sections = Sections(reader.outline())
+
+    def units() -> Iterator[Unit]:
+        for page in drop_repeats(reader.read(ocr)):
+            stats.pages += 1
+            if page.skipped:
+                stats.skipped_pages.append(page.number)
+            elif page.ocr:
+                stats.ocr_pages.append(page.number)
+            for block, section in zip(page.blocks, sections.of_blocks(page.number, page.blocks)):
+                yield Unit(block.text, page.number, section, block.table)
+
+    return chunker(settings, counter).chunks(units())

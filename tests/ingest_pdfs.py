@@ -1,0 +1,142 @@
+"""Real PDFs for the ingest tests, generated with PyMuPDF: columns, tables, outlines, scans, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pymupdf
+
+WIDTH, HEIGHT = 595, 842
+LEFT_TEXT = ("Alpha column sentence about tidal turbines and the Orkney islands grid. " * 6).strip()
+RIGHT_TEXT = ("Omega column sentence about Seville oranges and bitter marmalade. " * 6).strip()
+
+
+def _header_footer(page: pymupdf.Page, number: int) -> None:
+    page.insert_text((50, 30), "ACME Quarterly Report - Confidential", fontsize=9)
+    page.insert_text((270, 820), f"Page {number}", fontsize=9)
+
+
+def paragraphs(seed: int, n: int = 3, words: int = 60) -> list[str]:
+    vocab = ("tidal turbine energy grid ocean kelp carbon sugar compiler pascal module oranges harvest "
+             "january seville island wind storage battery network protocol stream worker query").split()
+    return [" ".join(f"{vocab[(seed * 7 + p * 13 + i * 5) % len(vocab)]}{(seed + i) % 97}" for i in range(words))
+            for p in range(n)]
+
+
+def two_columns(path: Path, pages: int = 3) -> Path:
+    """A full-width title, then two columns of different text; a header and a footer on every page."""
+    doc = pymupdf.open()
+    for n in range(1, pages + 1):
+        page = doc.new_page(width=WIDTH, height=HEIGHT)
+        _header_footer(page, n)
+        page.insert_textbox(pymupdf.Rect(50, 60, 545, 100), f"Chapter {n}: a title across both columns",
+                            fontsize=14)
+        page.insert_textbox(pymupdf.Rect(50, 110, 290, 780), LEFT_TEXT, fontsize=10)
+        page.insert_textbox(pymupdf.Rect(305, 110, 545, 780), RIGHT_TEXT, fontsize=10)
+    doc.set_metadata({"title": "Two columns"})
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def with_table(path: Path, rows: int = 4) -> Path:
+    """Text, a ruled table, more text; an outline with two entries."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=WIDTH, height=HEIGHT)
+    page.insert_text((50, 60), "Introduction", fontsize=14)
+    page.insert_textbox(pymupdf.Rect(50, 70, 545, 140), "The table below lists fruit harvests per month.",
+                        fontsize=10)
+    header = ["Fruit", "Month", "Tonnes"]
+    data = [header] + [[f"fruit{r}", f"month{r}", str(100 + r)] for r in range(rows)]
+    x = [50, 200, 350, 500]
+    y0 = 160
+    for r, row in enumerate(data):
+        for c, cell in enumerate(row):
+            page.draw_rect(pymupdf.Rect(x[c], y0 + r * 20, x[c + 1], y0 + (r + 1) * 20), color=(0, 0, 0), width=0.5)
+            page.insert_text((x[c] + 4, y0 + r * 20 + 14), cell, fontsize=10)
+    below = y0 + len(data) * 20 + 30
+    page.insert_text((50, below), "Results", fontsize=14)
+    page.insert_textbox(pymupdf.Rect(50, below + 10, 545, below + 80), "After the table the text goes on.",
+                        fontsize=10)
+    doc.set_toc([[1, "Introduction", 1], [1, "Results", 1]])
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def hyphenated(path: Path) -> Path:
+    doc = pymupdf.open()
+    page = doc.new_page(width=WIDTH, height=HEIGHT)
+    page.insert_text((50, 100), "Tidal power makes electri-", fontsize=11)
+    page.insert_text((50, 114), "city for the islands every day.", fontsize=11)
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def many_pages(path: Path, pages: int, *, outline: bool = True) -> Path:
+    """``pages`` pages of varied text, a header and a footer on each, an outline entry every 10 pages."""
+    doc = pymupdf.open()
+    for n in range(1, pages + 1):
+        page = doc.new_page(width=WIDTH, height=HEIGHT)
+        _header_footer(page, n)
+        y = 60
+        for text in paragraphs(n):
+            page.insert_textbox(pymupdf.Rect(50, y, 545, y + 200), text, fontsize=10)
+            y += 220
+    if outline:
+        doc.set_toc([[1, f"Part {p // 10 + 1}", p] for p in range(1, pages + 1, 10)])
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def scanned(path: Path, text: str = "Scanned pages hold harvest figures") -> Path:
+    """Page 1 has text; page 2 is only an image of text (no text layer)."""
+    source = pymupdf.open()
+    page = source.new_page(width=WIDTH, height=HEIGHT)
+    page.insert_text((50, 100), text, fontsize=28)
+    pixmap = page.get_pixmap(dpi=150)
+    source.close()
+    doc = pymupdf.open()
+    doc.new_page(width=WIDTH, height=HEIGHT).insert_text((50, 100), "A normal page with a text layer.", fontsize=11)
+    doc.new_page(width=WIDTH, height=HEIGHT).insert_image(pymupdf.Rect(0, 0, WIDTH, HEIGHT), pixmap=pixmap)
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def encrypted(path: Path) -> Path:
+    doc = pymupdf.open()
+    doc.new_page().insert_text((50, 100), "secret text", fontsize=11)
+    doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw="user")
+    doc.close()
+    return path
+
+
+def truncated(path: Path) -> Path:
+    many_pages(path, 3, outline=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def not_a_pdf(path: Path) -> Path:
+    path.write_text("just some notes, renamed to .pdf\n" * 10)
+    return path
+
+
+def zero_pages(path: Path) -> Path:
+    """A syntactically valid PDF whose page tree is empty (PyMuPDF refuses to save one)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path
