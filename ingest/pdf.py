@@ -37,7 +37,7 @@ _TEXT, _VECTOR = 0, 3
 #: A page with fewer characters than this but an image covering most of it is a scan.
 SCAN_MAX_CHARS = 20
 #: Fraction of the page height at the top and at the bottom where headers and footers live.
-MARGIN = 0.1
+MARGIN = 0.08
 #: Pages looked at on each side of a page to decide that a margin line repeats.
 REPEAT_WINDOW = 4
 #: A margin line seen on this many other pages of the window is a header or footer.
@@ -104,6 +104,12 @@ class PdfReader:
             head = fh.read(1024)
         if b"%PDF-" not in head:
             raise NotAPdf(f"{self.name} is not a PDF (no %PDF- header)")
+        with path.open("rb") as fh:
+            fh.seek(max(0, size - 2048))
+            tail = fh.read()
+        if b"%%EOF" not in tail:
+            # MuPDF would "repair" it and quietly read what is left: a truncated file is broken input.
+            raise BrokenPdf(f"{self.name} is truncated (no %%EOF marker at its end)")
         try:
             self._doc = pymupdf.open(path, filetype="pdf")
         except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
@@ -152,7 +158,8 @@ class PdfReader:
     def _read_page(self, page: pymupdf.Page, number: int, ocr: OcrOptions | None, folder: str | None) -> Page:
         raw = page.get_text("blocks", flags=TEXT_FLAGS)
         height = float(page.rect.height)
-        blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
+        blocks = [Block(b[0], b[1], b[2], b[3], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
+                  for b in raw if b[6] == _TEXT and b[4].strip()]
         if sum(len(b.text) for b in blocks) < SCAN_MAX_CHARS and _is_scan(page):
             if ocr is None or folder is None:
                 return Page(number, height, blocks, skipped=True)
@@ -175,6 +182,14 @@ class PdfReader:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
+
+
+_HYPHEN_BREAK = re.compile(r"(\w)-\n(?=[a-z])")
+
+
+def _join_hyphens(text: str) -> str:
+    """``electri-\ncity`` -> ``electricity``: what MuPDF's own dehyphenation leaves (lines of separate text objects)."""
+    return _HYPHEN_BREAK.sub(r"\1", text)
 
 
 def _is_scan(page: pymupdf.Page) -> bool:

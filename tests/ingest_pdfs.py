@@ -29,7 +29,7 @@ def two_columns(path: Path, pages: int = 3) -> Path:
     for n in range(1, pages + 1):
         page = doc.new_page(width=WIDTH, height=HEIGHT)
         _header_footer(page, n)
-        page.insert_textbox(pymupdf.Rect(50, 60, 545, 100), f"Chapter {n}: a title across both columns",
+        page.insert_textbox(pymupdf.Rect(50, 80, 545, 105), f"Chapter {n}: a title across both columns",
                             fontsize=14)
         page.insert_textbox(pymupdf.Rect(50, 110, 290, 780), LEFT_TEXT, fontsize=10)
         page.insert_textbox(pymupdf.Rect(305, 110, 545, 780), RIGHT_TEXT, fontsize=10)

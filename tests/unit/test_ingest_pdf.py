@@ -1,0 +1,136 @@
+"""Reading real PDFs (generated with PyMuPDF): layout, tables, outline sections, scans and bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.settings import IngestSettings
+from ingest.chunker import Chunk, TokenCounter
+from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, IngestError, NotAPdf, TooLarge
+from ingest.parse import ParseStats, parse
+from ingest.pdf import Block, PdfReader, drop_repeats, Page, reading_order, tessdata
+from tests import ingest_pdfs as make
+
+
+@pytest.fixture(scope="module")
+def counter() -> TokenCounter:
+    return TokenCounter.minilm()
+
+
+def chunks_of(path: Path, counter: TokenCounter, **settings: object) -> tuple[list[Chunk], ParseStats]:
+    stats = ParseStats()
+    with PdfReader(path, max_bytes=1 << 30) as reader:
+        return list(parse(reader, IngestSettings(**settings), counter, stats)), stats  # type: ignore[arg-type]
+
+
+def test_two_columns_read_column_by_column_without_headers_and_footers(tmp_path: Path, counter) -> None:
+    chunks, stats = chunks_of(make.two_columns(tmp_path / "cols.pdf", pages=3), counter)
+    text = "\n".join(c.text for c in chunks)
+    assert stats.pages == 3
+    for n in (1, 2, 3):
+        title = text.index(f"Chapter {n}: a title across both columns")
+        # Within a page: the title, then the whole left column, then the right one.
+        left = text.index("Alpha", title)
+        right = text.index("Omega", title)
+        assert title < left < right
+        assert text.count("Alpha", left, right) >= 6  # all six sentences of the left column first
+    assert "ACME Quarterly Report" not in text and "Page 2" not in text
+    assert chunks[0].page == 1 and chunks[-1].page_end == 3
+
+
+def test_table_is_markdown_kept_whole_with_outline_sections(tmp_path: Path, counter) -> None:
+    chunks, _ = chunks_of(make.with_table(tmp_path / "table.pdf"), counter, chunk_words=60, overlap_words=5)
+    table = [c for c in chunks if "|Fruit|Month|Tonnes|" in c.text]
+    assert len(table) == 1
+    rows = table[0].text[table[0].text.index("|Fruit|"):].splitlines()
+    assert rows[:6] == ["|Fruit|Month|Tonnes|", "|---|---|---|", "|fruit0|month0|100|", "|fruit1|month1|101|",
+                        "|fruit2|month2|102|", "|fruit3|month3|103|"]
+    assert table[0].section == "Introduction"
+    assert "fruit0 month0" not in "\n".join(c.text for c in chunks)  # the cells are not repeated as text
+    tail = [c for c in chunks if "goes on" in c.text]
+    assert tail[-1].section in ("Introduction", "Results")
+    sections = {c.section for c in chunks}
+    assert sections <= {"Introduction", "Results"}
+
+
+def test_big_table_splits_between_rows_under_its_header(tmp_path: Path, counter) -> None:
+    chunks, _ = chunks_of(make.with_table(tmp_path / "big.pdf", rows=30), counter, chunk_words=50,
+                          overlap_words=0, chunk_tokens=120, overlap_tokens=0)
+    parts = [c.text for c in chunks if "|fruit" in c.text]
+    assert len(parts) > 1
+    for part in parts:
+        assert "|Fruit|Month|Tonnes|\n|---|---|---|" in part
+    rows = [line for p in parts for line in p.splitlines() if line.startswith("|fruit")]
+    assert rows == [f"|fruit{r}|month{r}|{100 + r}|" for r in range(30)]
+
+
+def test_hyphenated_line_breaks_are_joined(tmp_path: Path, counter) -> None:
+    chunks, _ = chunks_of(make.hyphenated(tmp_path / "h.pdf"), counter)
+    assert "makes electricity for the islands" in chunks[0].text
+
+
+def test_outline_sections_follow_the_pages(tmp_path: Path, counter) -> None:
+    chunks, _ = chunks_of(make.many_pages(tmp_path / "m.pdf", 25), counter)
+    for c in chunks:
+        assert c.section == f"Part {(c.page - 1) // 10 + 1}"
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+def test_scanned_page_is_reported_skipped_without_ocr(tmp_path: Path, counter) -> None:
+    chunks, stats = chunks_of(make.scanned(tmp_path / "s.pdf"), counter, ocr=False)
+    assert stats.skipped_pages == [2] and stats.ocr_pages == []
+    assert "normal page" in chunks[0].text
+
+
+@pytest.mark.skipif(tessdata("eng") is None, reason="Tesseract (tesseract-ocr) is not installed")
+def test_scanned_page_is_ocred_with_tesseract(tmp_path: Path, counter) -> None:
+    chunks, stats = chunks_of(make.scanned(tmp_path / "s.pdf"), counter)
+    assert stats.ocr_pages == [2] and stats.skipped_pages == []
+    assert "harvest figures" in " ".join(c.text for c in chunks)
+
+
+@pytest.mark.parametrize("maker, error, code", [
+    (make.encrypted, EncryptedPdf, "pdf_encrypted"),
+    (make.truncated, BrokenPdf, "pdf_broken"),
+    (make.not_a_pdf, NotAPdf, "not_a_pdf"),
+    (make.zero_pages, EmptyPdf, "pdf_empty"),
+])
+def test_bad_files_raise_coded_errors(tmp_path: Path, maker, error: type[IngestError], code: str) -> None:
+    path = maker(tmp_path / "bad.pdf")
+    with pytest.raises(error) as info:
+        PdfReader(path, max_bytes=1 << 30)
+    assert info.value.code == code and "bad.pdf" in info.value.message
+
+
+def test_too_large(tmp_path: Path) -> None:
+    path = make.many_pages(tmp_path / "big.pdf", 3)
+    with pytest.raises(TooLarge) as info:
+        PdfReader(path, max_bytes=100)
+    assert info.value.code == "file_too_large"
+
+
+def _page(number: int, *blocks: tuple[float, float, str]) -> Page:
+    return Page(number, 800.0, [Block(50, y, 300, y + 10, text) for y, _, text in
+                                [(y, 0, t) for y, _, t in blocks]])
+
+
+def test_repeated_margin_lines_dropped_only_when_they_repeat() -> None:
+    pages = [_page(n, (10, 0, "Journal of Things"), (400, 0, f"body {n}"), (780, 0, f"- {n} -")) for n in range(1, 8)]
+    pages[3].blocks.append(Block(50, 20, 300, 30, "A one-off note at the top"))
+    kept = [[b.text for b in p.blocks] for p in drop_repeats(pages)]
+    assert all(texts[0].startswith("body") for texts in kept)
+    assert kept[3] == ["body 4", "A one-off note at the top"]
+    # Two pages: nothing repeats often enough to be called a header.
+    few = list(drop_repeats([_page(1, (10, 0, "Header")), _page(2, (10, 0, "Header"))]))
+    assert [b.text for p in few for b in p.blocks] == ["Header", "Header"]
+
+
+def test_reading_order_three_columns_under_a_wide_title() -> None:
+    title = Block(50, 50, 550, 70, "title")
+    cols = [Block(50 + 170 * c, 100 + 100 * r, 200 + 170 * c, 180 + 100 * r, f"c{c}r{r}")
+            for r in range(3) for c in range(3)]
+    footer = Block(50, 700, 550, 720, "wide footer")
+    ordered = [b.text for b in reading_order([footer, *reversed(cols), title])]
+    assert ordered == ["title", *[f"c{c}r{r}" for c in range(3) for r in range(3)], "wide footer"]
