@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
 from app.dead import DeadLetterController
+from app.documents import DocumentController
 from app.errors import EXCEPTION_HANDLERS
 from app.hub import EventHub
 from app.jobs import Jobs
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
 
     return Litestar(
-        route_handlers=[QueryController, DeadLetterController, healthz, readyz],
+        route_handlers=[QueryController, DeadLetterController, DocumentController, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
