@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING
 
 import structlog
@@ -147,12 +147,16 @@ class QueryPipeline:
             await self._events.emit(job.id, Token(text=text))
 
         tokens = TokenCoalescer(emit, self._settings.worker.token_flush_ms)
-        # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
-        async with aclosing(self._generator.stream(item.query.question, item.sources, result)) as stream:
-            async for delta in stream:
-                if not first_token:
-                    first_token = time.perf_counter()
-                await tokens.add(delta)
+        async with AsyncExitStack() as until_first_token:
+            # Background (ingest) embedding waits until this answer's first token: queries first.
+            await until_first_token.enter_async_context(self._embedder.foreground())
+            # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
+            async with aclosing(self._generator.stream(item.query.question, item.sources, result)) as stream:
+                async for delta in stream:
+                    if not first_token:
+                        first_token = time.perf_counter()
+                        await until_first_token.aclose()
+                    await tokens.add(delta)
         await tokens.flush()
         finished = time.perf_counter()
         answer = tokens.answer

@@ -29,6 +29,10 @@ class Embedder(Protocol):
         """One L2-normalised row of float32 per text; ``urgent`` (queries) goes before ingest work."""
         ...
 
+    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While held (a query between arrival and first token), background embedding waits."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -53,6 +57,22 @@ class PriorityLock:
         self._busy = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._reserved = 0
+        self._unreserved = asyncio.Event()
+        self._unreserved.set()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self) -> AsyncIterator[None]:
+        """Keep background holders out while urgent work is under way elsewhere (the LLM's prefill
+        shares these cores): on 2 cores, an ingest piece running beside it slows the first token."""
+        self._reserved += 1
+        self._unreserved.clear()
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+            if not self._reserved:
+                self._unreserved.set()
 
     @contextlib.asynccontextmanager
     async def hold(self, priority: int) -> AsyncIterator[None]:
@@ -63,6 +83,8 @@ class PriorityLock:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
+        while priority != URGENT and self._reserved:
+            await self._unreserved.wait()
         if not self._busy and not self._waiters:
             self._busy = True
             return
@@ -117,6 +139,9 @@ class OnnxEmbedder:
                 parts.append(await asyncio.to_thread(self.embed_sync, texts[start : start + BACKGROUND_PIECE]))
         return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
 
+    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._lock.reserve()
+
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         # Sorting by length makes each sub-batch pad to similar lengths.
@@ -164,6 +189,9 @@ class OpenAIEmbedder:
             raise Unavailable(f"the embeddings endpoint is unavailable: {exc}", code="embedder_unavailable") from None
         vectors = np.asarray([d.embedding for d in sorted(response.data, key=lambda d: d.index)], dtype=np.float32)
         return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # the endpoint's capacity is not ours to schedule
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -25,7 +25,8 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     server = Proc(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-         "--n_threads", str(os.cpu_count() or 2), "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port)],
+         "--n_threads", str(os.cpu_count() or 2), "--n_ctx", "2048", "--interrupt_requests", "False",
+         "--host", "127.0.0.1", "--port", str(port)],
         dict(os.environ), tmp_path_factory.mktemp("llm") / "llm.log",
     )
     try:
