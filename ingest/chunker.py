@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from msgspec import Struct
 
+#: Separates the paragraphs of one unit (the ASCII record separator: never in extracted text).
+PARAGRAPH = "\x1e"
 #: Per-word token counts cached before the cache is emptied (bounds memory on huge vocabularies).
 CACHE_WORDS = 200_000
 
@@ -28,7 +30,7 @@ class Chunk(Struct, frozen=True):
 
 
 class Unit(NamedTuple):
-    """A paragraph or a table of one page; ``sep`` goes before its first word."""
+    """Paragraphs (separated by PARAGRAPH) or a table, of one page; ``sep`` goes before its first word."""
 
     text: str
     page: int
@@ -119,9 +121,17 @@ class Chunker:
     def _words(self, text: str, page: int, section: str | None, first_sep: str, line_sep: str) -> _Words:
         seps: list[str] = []
         texts: list[str] = []
-        if line_sep == " ":  # a paragraph: lines join with spaces like words do
-            texts = text.split()
-            seps = [first_sep, *(" " * (len(texts) - 1))] if texts else []
+        if line_sep == " ":  # paragraphs: lines join with spaces like words do
+            if PARAGRAPH in text:  # several paragraphs in one unit: each after a line break
+                for paragraph in text.split(PARAGRAPH):
+                    parts = paragraph.split()
+                    if parts:
+                        seps.append("\n" if texts else first_sep)
+                        seps.extend(" " * (len(parts) - 1))
+                        texts.extend(parts)
+            else:
+                texts = text.split()
+                seps = [first_sep, *(" " * (len(texts) - 1))] if texts else []
             counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
             return _Words(seps, texts, counts, page, section)
         for line in text.split("\n"):

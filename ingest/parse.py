@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
-from ingest.chunker import Chunk, Chunker, TokenCounter, Unit
+from ingest.chunker import PARAGRAPH, Chunk, Chunker, TokenCounter, Unit
 from ingest.pdf import OcrOptions, PdfReader, Sections, drop_repeats
 
 if TYPE_CHECKING:
@@ -42,7 +42,19 @@ def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | N
                 stats.skipped_pages.append(page.number)
             elif page.ocr:
                 stats.ocr_pages.append(page.number)
+            # Consecutive paragraphs of one section go as one unit: fewer, larger steps for the chunker.
+            run: list[str] = []
+            run_section: str | None = None
             for block, section in zip(page.blocks, sections.of_blocks(page.number, page.blocks)):
-                yield Unit(block.text, page.number, section, block.table)
+                if run and (block.table or section != run_section):
+                    yield Unit(PARAGRAPH.join(run), page.number, run_section)
+                    run = []
+                if block.table:
+                    yield Unit(block.text, page.number, section, table=True)
+                else:
+                    run.append(block.text)
+                    run_section = section
+            if run:
+                yield Unit(PARAGRAPH.join(run), page.number, run_section)
 
     return chunker(settings, counter).chunks(units())
