@@ -209,7 +209,7 @@ class DocumentController(Controller):
         jobs = _jobs(state)
         wanted = _collection(collection) if collection else None
         producer = Producer(jobs.redis, jobs.settings, counter=None)
-        return DocumentList(documents=[view(r) for r in await producer.registry.list(wanted)])
+        return DocumentList(documents=[view(r) for r in await producer.registry.documents(wanted)])
 
     @get("/{document_id:str}", summary="One document (in every collection that holds it)")
     async def get_document(
@@ -251,7 +251,7 @@ class DocumentController(Controller):
 async def _ingest(producer: Producer, item: IngestFile, job_id: str, folder: Path) -> None:
     try:
         await producer.run([item], lambda *_: None, job_id=job_id, fail_job=True)
-    except Exception as exc:  # noqa: BLE001 - a background task: log, never lose silently
+    except Exception as exc:  # a background task: log, never lose silently
         log.exception("upload_ingest_failed", job_id=job_id, error=repr(exc))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -132,6 +132,7 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
         for target in targets:
             document_id = await producer.resolve(target)
             points = await producer.delete(document_id) if document_id else None
+            record: dict[str, Any]
             if points is None:
                 failed += 1
                 record = {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",

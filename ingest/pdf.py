@@ -163,7 +163,7 @@ class PdfReader:
         x0, y0, x1, y1 = page.rect
         height = y1 - y0
         kinds = [b[6] for b in raw]
-        blocks = [Block(*b[:4], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
+        blocks = [Block(b[0], b[1], b[2], b[3], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
                   for b in raw if b[6] == _TEXT and b[2] > x0 and b[0] < x1 and b[3] > y0 and b[1] < y1
                   and b[4].strip()]
         if len(blocks) < 4 and sum(len(b.text) for b in blocks) < SCAN_MAX_CHARS and _is_scan(page):

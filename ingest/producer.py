@@ -20,8 +20,18 @@ from msgspec import Struct
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import (
-    ChunkIn, DeleteDocument, Document, DocumentEvent, Error, IngestBatch, Progress, chunk_id, decode_event, new_id,
-    new_job, now_ms,
+    ChunkIn,
+    DeleteDocument,
+    Document,
+    DocumentEvent,
+    Error,
+    IngestBatch,
+    Progress,
+    chunk_id,
+    decode_event,
+    new_id,
+    new_job,
+    now_ms,
 )
 from ingest.chunker import TokenCounter
 from ingest.errors import FileNotFound, IngestError, NoText

@@ -131,7 +131,7 @@ class Registry:
         if record is not None and await self.by_source(collection, record.source) == document_id:
             await self._redis.hdel(self._keys.sources, _member(collection, record.source))
 
-    async def list(self, collection: str | None = None) -> list[DocumentRecord]:
+    async def documents(self, collection: str | None = None) -> list[DocumentRecord]:
         members = sorted(m.decode() for m in await self._redis.smembers(self._keys.documents))
         pairs = [tuple(m.split("/", 1)) for m in members]
         pairs = [p for p in pairs if len(p) == 2 and (collection is None or p[0] == collection)]
@@ -144,7 +144,7 @@ class Registry:
 
     async def find(self, document_id: str, collection: str | None = None) -> list[DocumentRecord]:
         """The document's entries, in every collection (or in one)."""
-        return [r for r in await self.list(collection) if r.id == document_id]
+        return [r for r in await self.documents(collection) if r.id == document_id]
 
 
 def _encode(record: DocumentRecord) -> dict[str, str | int]:

@@ -9,7 +9,7 @@ ingest job's ``done`` comes after every document of the job is visible.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -51,7 +51,7 @@ class Indexer:
             return
         batch = job.payload
         started = time.perf_counter()
-        vectors = await self._embedder.embed([c.text for c in batch.chunks]) if batch.chunks else []
+        vectors: Any = await self._embedder.embed([c.text for c in batch.chunks]) if batch.chunks else []
         embedded = time.perf_counter()
         doc = batch.document
         collection = batch.collection or DEFAULT_COLLECTION

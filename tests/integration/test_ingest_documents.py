@@ -62,7 +62,7 @@ async def search(settings, question: str, collection: str | None = None) -> list
 async def documents(settings, collection: str | None = None):  # type: ignore[no-untyped-def]
     redis = connect(settings.redis)
     try:
-        return await Producer(redis, settings).registry.list(collection)
+        return await Producer(redis, settings).registry.documents(collection)
     finally:
         await redis.aclose()
 

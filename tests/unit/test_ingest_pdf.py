@@ -10,7 +10,7 @@ from core.settings import IngestSettings
 from ingest.chunker import Chunk, TokenCounter
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, IngestError, NotAPdf, TooLarge
 from ingest.parse import ParseStats, parse
-from ingest.pdf import Block, PdfReader, drop_repeats, Page, reading_order, tessdata
+from ingest.pdf import Block, Page, PdfReader, drop_repeats, reading_order, tessdata
 from tests import ingest_pdfs as make
 
 
