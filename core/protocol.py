@@ -168,7 +168,8 @@ class Progress(Struct, frozen=True, tag="progress", tag_field="type", kw_only=Tr
 
 
 class DocumentEvent(Struct, frozen=True, tag="document", tag_field="type", kw_only=True):
-    """An ingest job's news about one file: ``indexing``, ``unchanged``, ``failed``, ``ready``, ``deleted``."""
+    """An ingest job's news about one file: ``indexing`` (parsing starts), ``sent`` (every chunk is on its
+    way), ``ready`` (indexed and visible to queries), ``unchanged``, ``failed``; ``deleted`` for deletions."""
 
     status: str
     file: str

@@ -147,10 +147,11 @@ class Producer:
                 result = await self._send_file(item, state, on_update)
                 state.files_done += 1
                 results.append(result)
+                # "sent": every chunk is on its way (the worker that indexes the last one says "ready").
                 await self._events.emit(state.job_id, DocumentEvent(
-                    status="indexing" if result.status == "sent" else result.status,
-                    file=item.name, document_id=result.document_id, pages=result.pages, chunks=result.chunks,
-                    skipped_pages=result.skipped_pages, code=result.code, message=result.message,
+                    status=result.status, file=item.name, document_id=result.document_id, pages=result.pages,
+                    chunks=result.chunks, skipped_pages=result.skipped_pages, code=result.code,
+                    message=result.message,
                 ), unless_cancelled=False)
                 on_update(state, result)
             if fail_job and results and results[-1].status == "failed":
@@ -199,6 +200,9 @@ class Producer:
                 created_ms=existing.created_ms if existing else 0,
             )
             await self.registry.start(record)
+            await self._events.emit(state.job_id, DocumentEvent(
+                status="indexing", file=item.name, document_id=doc_id, pages=reader.pages,
+            ), unless_cancelled=False)
             document = Document(id=doc_id, file=item.name, source=item.source, title=reader.title,
                                 pages=reader.pages)
             stats = ParseStats()

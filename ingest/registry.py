@@ -25,15 +25,19 @@ Status = Literal["indexing", "ready", "failed", "deleting"]
 
 # A batch of a document is indexed: mark it in the document's bitmap (a redelivered batch
 # counts once), record the totals the last batch carries, and answer 1 when every batch
-# is in and the document is not yet ready: that caller publishes it. A deleted (unknown)
-# document answers 0. KEYS: record, bitmap. ARGV: seq, batches ('' if unknown), chunks.
+# is in and the document is not yet ready: that caller publishes it; 2 if it is ready
+# already (a redelivered batch, staged again: publish again). A document deleted meanwhile
+# answers -1. KEYS: record, bitmap. ARGV: seq, batches ('' if unknown), chunks.
 _BATCH_INDEXED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('SETBIT', KEYS[2], tonumber(ARGV[1]), 1)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'batches', ARGV[2], 'chunks', ARGV[3]) end
+if redis.call('HGET', KEYS[1], 'status') == 'ready' then
+  redis.call('DEL', KEYS[2])
+  return 2
+end
 local total = redis.call('HGET', KEYS[1], 'batches')
 if not total or redis.call('BITCOUNT', KEYS[2]) < tonumber(total) then return 0 end
-if redis.call('HGET', KEYS[1], 'status') == 'ready' then return 0 end
 return 1
 """
 
@@ -101,11 +105,12 @@ class Registry:
         await self.update(collection, document_id, status="failed", error_code=code, error=message)
 
     async def batch_indexed(self, collection: str, document_id: str, seq: int, batches: int | None,
-                            chunks: int | None) -> bool:
-        """Count one indexed batch; True when this call completed the document (publish it now)."""
+                            chunks: int | None) -> int:
+        """Count one indexed batch: 1 when this call completed the document (publish it now), 2 when it
+        was published already, 0 when batches are still missing, -1 when it was deleted meanwhile."""
         keys = [self._keys.document(collection, document_id), self._keys.document_batches(collection, document_id)]
         args = [seq, "" if batches is None else batches, "" if chunks is None else chunks]
-        return bool(await self._batch_indexed(keys=keys, args=args))
+        return int(await self._batch_indexed(keys=keys, args=args))
 
     async def published(self, record: DocumentRecord) -> None:
         """The document is visible in the store and what it replaced is gone: so is their record."""

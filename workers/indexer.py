@@ -75,10 +75,16 @@ class Indexer:
         ]
         if points:
             await self._store.upsert(points)
-        if batch.seq is not None and await self._registry.batch_indexed(
-            collection, doc.id, batch.seq, batch.batches, batch.chunks_total
-        ):
-            await self._publish(job, collection, doc.id)
+        if batch.seq is not None:
+            state = await self._registry.batch_indexed(collection, doc.id, batch.seq, batch.batches,
+                                                       batch.chunks_total)
+            if state == 1 or (state == 2 and batch.staged):
+                # 2: a redelivery of a batch of a published document has just staged its points
+                # again; publishing is idempotent and makes them visible once more.
+                await self._publish(job, collection, doc.id, again=state == 2)
+            elif state == -1 and batch.staged:
+                # Deleted while its batches were still on the way: these would never be published.
+                await self._store.delete_document(doc.id, collection)
         # Progress before the ack: a crash in between re-indexes the batch (idempotent
         # upserts) and counts it twice, never loses it.
         await self._events.ingest_progress(job.id, len(points), doc.file)
@@ -88,7 +94,7 @@ class Indexer:
                  embed_ms=round((embedded - started) * 1000, 1),
                  upsert_ms=round((time.perf_counter() - embedded) * 1000, 1))
 
-    async def _publish(self, job: Job, collection: str, document_id: str) -> None:
+    async def _publish(self, job: Job, collection: str, document_id: str, *, again: bool = False) -> None:
         record = await self._registry.get(collection, document_id)
         if record is None:  # deleted while it was being indexed
             await self._store.delete_document(document_id, collection)
@@ -97,6 +103,8 @@ class Indexer:
         await self._store.publish(document_id, collection, chunks=record.chunks, staged=record.staged,
                                   replaces=replaces)
         await self._registry.published(record)
+        if again:
+            return
         await self._events.emit(job.id, DocumentEvent(
             status="ready", file=record.file, document_id=document_id, pages=record.pages, chunks=record.chunks,
         ), unless_cancelled=False)

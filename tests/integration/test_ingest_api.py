@@ -52,7 +52,7 @@ async def test_upload_list_and_delete(settings, tmp_path: Path) -> None:  # type
         kinds = [e.event for e in events]
         assert kinds[0] == "document" and kinds[-1] == "done" and "progress" in kinds
         statuses = [e.data["status"] for e in events if e.event == "document"]
-        assert statuses == ["indexing", "ready"] or statuses == ["ready", "indexing"]
+        assert statuses[0] == "indexing" and sorted(statuses[1:]) == ["ready", "sent"]
         ready = next(e.data for e in events if e.event == "document" and e.data["status"] == "ready")
         assert ready["pages"] == 4 and ready["chunks"] == events[-1].data["chunks"] > 0
         job = (await client.get(f"/v1/queries/{body['id']}")).json()
@@ -84,6 +84,7 @@ async def test_upload_errors(settings, tmp_path: Path) -> None:  # type: ignore[
         response, events = await upload(client, make.not_a_pdf(tmp_path / "notes.pdf"))
         assert response.status_code == 202
         assert [e.event for e in events] == ["document", "error"]
+        assert events[0].data["status"] == "failed"
         assert events[-1].data["code"] == "not_a_pdf"
         assert (await client.get(f"/v1/queries/{response.json()['id']}")).json()["status"] == "failed"
 
