@@ -36,8 +36,9 @@ log = structlog.get_logger("ingest.pdf")
 TEXT_FLAGS = ((pymupdf.TEXTFLAGS_BLOCKS & ~pymupdf.TEXT_PRESERVE_IMAGES & ~pymupdf.TEXT_MEDIABOX_CLIP)
               | pymupdf.TEXT_DEHYPHENATE | pymupdf.TEXT_COLLECT_VECTORS)
 _TEXT, _VECTOR = 0, 3
-#: A page with fewer characters than this but an image covering most of it is a scan.
-SCAN_MAX_CHARS = 20
+#: A page with fewer characters than this (a page number, a stamp) but an image covering
+#: most of it is a scan.
+SCAN_MAX_CHARS = 64
 #: Fraction of the page height at the top and at the bottom where headers and footers live.
 MARGIN = 0.08
 #: Pages looked at on each side of a page to decide that a margin line repeats.
@@ -169,8 +170,12 @@ class PdfReader:
         if len(blocks) < 4 and sum(len(b.text) for b in blocks) < SCAN_MAX_CHARS and _is_scan(page):
             if ocr is None or folder is None:
                 return Page(number, height, blocks, skipped=True)
-            ocred = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
-                                          tessdata=folder)
+            try:
+                ocred = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
+                                              tessdata=folder)
+            except (RuntimeError, ValueError, OSError) as exc:  # Tesseract failed on this page: skip it, loudly
+                log.warning("ocr_failed", file=self.name, page=number, error=str(exc))
+                return Page(number, height, blocks, skipped=True)
             raw = page.get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP, textpage=ocred)
             blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
             return Page(number, height, reading_order(blocks), ocr=True)
