@@ -183,12 +183,13 @@ class DocumentController(Controller):
             upload = await receive_upload(request, folder, settings.ingest.max_file_mb * 1024 * 1024)
             collection = _collection(upload.fields.get("collection"))
             force = upload.fields.get("force", "").lower() in {"1", "true", "yes", "on"}
+            counter = await asyncio.to_thread(_counter)  # loads the tokenizer once per process
+            producer = Producer(jobs.redis, settings, collection=collection, force=force, counter=counter)
+            job_id = new_id()
+            await producer.open_job(job_id, 1)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        producer = Producer(jobs.redis, settings, collection=collection, force=force, counter=_counter())
-        job_id = new_id()
-        await producer.open_job(job_id, 1)
         item = IngestFile(path=upload.path, name=upload.name, source=f"upload:{upload.name}")
         task = asyncio.create_task(_ingest(producer, item, job_id, folder))
         tasks: set[asyncio.Task[None]] = getattr(state, "ingest_tasks", None) or set()
