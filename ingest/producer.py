@@ -144,7 +144,11 @@ class Producer:
         results: list[FileResult] = []
         try:
             for item in items:
-                result = await self._send_file(item, state, on_update)
+                if await self._redis.exists(self._keys.cancel(state.job_id)):
+                    result = FileResult(path=str(item.path), status="failed", code="cancelled",
+                                        message="the ingest job was cancelled")
+                else:
+                    result = await self._send_file(item, state, on_update)
                 state.files_done += 1
                 results.append(result)
                 # "sent": every chunk is on its way (the worker that indexes the last one says "ready").
@@ -154,6 +158,10 @@ class Producer:
                     message=result.message,
                 ), unless_cancelled=False)
                 on_update(state, result)
+            if await self._redis.exists(self._keys.cancel(state.job_id)):
+                await self._events.mark_cancelled(state.job_id)
+                state.finished = True
+                return results
             if fail_job and results and results[-1].status == "failed":
                 failed = results[-1]
                 await self._events.emit(state.job_id, Error(code=failed.code or "ingest_failed",
@@ -209,21 +217,28 @@ class Producer:
             pages_before = state.pages
             try:
                 sent = await self._send_chunks(reader, document, staged, stats, state, pages_before, on_update)
-            except IngestError as exc:
-                await self.registry.fail(collection, doc_id, exc.code, exc.message)
-                if staged:
-                    # Whatever was sent of a failed new version is garbage: the workers drop it.
-                    await self._events.enqueue(new_job(DeleteDocument(
-                        document_id=doc_id, collection=collection, forget=False, report=False)), self._keys.ingest)
+            except (IngestError, asyncio.CancelledError) as exc:
+                # Interrupted (Ctrl-C) or cancelled: the document is not half-indexed for ever.
+                error = exc if isinstance(exc, IngestError) else IngestError("interrupted", code="interrupted")
+                await self._abandon(collection, doc_id, staged, error)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 state.pages = pages_before + reader.pages
                 return FileResult(path=str(item.path), status="failed", document_id=doc_id, pages=reader.pages,
-                                  skipped_pages=stats.skipped_pages, code=exc.code, message=exc.message)
+                                  skipped_pages=stats.skipped_pages, code=error.code, message=error.message)
             await self.registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
                                        ocr_pages=len(stats.ocr_pages))
             skipped = (f"{len(stats.skipped_pages)} page(s) without a text layer skipped (install tesseract-ocr to "
                        f"OCR them): {_pages(stats.skipped_pages)}") if stats.skipped_pages else None
             return FileResult(path=str(item.path), status="sent", document_id=doc_id, pages=reader.pages, chunks=sent,
                               skipped_pages=stats.skipped_pages, ocr_pages=stats.ocr_pages, message=skipped)
+
+    async def _abandon(self, collection: str, doc_id: str, staged: bool, error: IngestError) -> None:
+        await self.registry.fail(collection, doc_id, error.code, error.message)
+        if staged:
+            # Whatever was sent of a failed new version is garbage: the workers drop it.
+            await self._events.enqueue(new_job(DeleteDocument(
+                document_id=doc_id, collection=collection, forget=False, report=False)), self._keys.ingest)
 
     async def _send_chunks(self, reader: PdfReader, document: Document, staged: bool, stats: ParseStats,
                            state: RunState, pages_before: int,
@@ -244,6 +259,8 @@ class Producer:
             following = await asyncio.to_thread(_take, chunks, ingest.batch_chunks)
             last = not following
             await self._wait_for_window(state)
+            if await self._redis.exists(self._keys.cancel(state.job_id)):
+                raise IngestError("the ingest job was cancelled", code="cancelled")
             message = IngestBatch(
                 document=document,
                 chunks=[ChunkIn(id=chunk_id(scope, c.index), text=c.text, page=c.page, page_end=c.page_end,

@@ -98,3 +98,5 @@ async def test_upload_errors(settings, tmp_path: Path) -> None:  # type: ignore[
         bad, _ = await upload(client, write_pdf(tmp_path / "ok.pdf"), collection="no spaces!")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_collection"
         assert (await client.get("/v1/documents")).json()["documents"] == []
+        schema = (await client.get("/schema/openapi.json")).json()
+        assert {"/v1/documents", "/v1/documents/{document_id}"} <= set(schema["paths"])

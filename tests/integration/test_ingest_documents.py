@@ -170,3 +170,34 @@ async def test_backpressure_bounds_the_unindexed_window(redis_url: str, prefix: 
     assert result.status == "sent" and result.chunks > 30
     # At most the window plus the batch being sent is ever waiting in Redis.
     assert max(s.chunks_sent - s.chunks_indexed for s in states) <= 10 + 5
+
+
+async def test_cancelling_the_ingest_job_stops_it(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pdf = make.many_pages(tmp_path / "long.pdf", 10)
+    redis = connect(settings.redis)
+    keys = Keys(settings.redis.prefix)
+    events = EventWriter(redis, keys, settings.limits)
+    cancelled = False
+
+    def on_update(state: RunState, _: FileResult | None) -> None:
+        nonlocal cancelled
+        if state.chunks_indexed and not cancelled:
+            cancelled = True
+            asyncio.get_running_loop().create_task(events.cancel(state.job_id))
+
+    try:
+        async with running_worker(settings):
+            results = await asyncio.wait_for(
+                Producer(redis, settings, window_chunks=2).run([pdf, pdf], on_update, job_id="cancelme"), 60)
+            assert [(r.status, r.code) for r in results] == [("failed", "cancelled"), ("failed", "cancelled")]
+            last = await redis.xrevrange(keys.events("cancelme"), count=1)
+            assert last[0][1][b"type"] == b"cancelled"
+            [doc] = await Producer(redis, settings).registry.documents()
+            assert (doc.status, doc.error_code) == ("failed", "cancelled")
+            for _ in range(100):  # the workers drop what was sent of it
+                if not await search(settings, "tidal turbine energy"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await search(settings, "tidal turbine energy") == []
+    finally:
+        await redis.aclose()
