@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot reach Redis at {settings.redis.url}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: chunks already sent will still be indexed", file=sys.stderr)
+        print("interrupted: files sent in full will still be indexed; the one in progress was dropped", file=sys.stderr)
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
 
