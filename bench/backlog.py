@@ -48,7 +48,7 @@ async def run(ctx: Context) -> list[Row]:
     try:
         from bench.llm import start_llm
 
-        llm_url = start_llm(ctx, ctx.tmp / "backlog-llm.log", interrupt=False)
+        _, llm_url = start_llm(ctx, ctx.tmp / "backlog-llm.log", interrupt=False)
         llm = "SmolLM2 (llama_cpp.server)"
         overrides = {"llm_backend": "openai", "llm_base_url": llm_url, "llm_model": "smollm2", "llm_max_tokens": "16"}
     except ImportError:

@@ -1,0 +1,107 @@
+"""Batching: the worker's embedding throughput under load vs the raw ONNX model; retrieval-only queries/s.
+
+Raw: ``OnnxEmbedder.embed_sync`` on the same chunk texts, at its best ONNX batch size
+(searched first on a sample). Worker: ``python -m workers`` (ONNX embedder, embedded
+qdrant-edge) fed the same chunks as ingest batches of RAG_INGEST_BATCH_CHUNKS through
+the ingest stream (EventWriter.enqueue, the producer's own call), timed from the first
+message to the job's ``done``. Retrieval: questions through the query stream with the
+extractive generator (no LLM), at 1, 8 and 64 in flight, against raw embedding of one
+question per call and of 16 per call (the worker's batch size).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from bench.corpus import chunk_texts
+from bench.harness import Context, Row, StreamClient, closed_loop, ratio, service_env, settings_of, start_worker
+from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_id, new_job, now_ms
+from core.settings import EmbedderSettings
+from workers.embedder import OnnxEmbedder
+
+QUESTIONS = [
+    "What does the warranty clause say about liability?", "When is the next delivery milestone?",
+    "Which sensor measured the pressure?", "How much did the audit cost?", "Who approved the budget?",
+    "What is the termination notice period?", "Which module failed the firmware review?",
+    "What margin does the forecast assume?",
+]
+
+
+def raw_rate(texts: list[str], batch: int) -> float:
+    embedder = OnnxEmbedder(EmbedderSettings(onnx_batch=batch))
+    embedder.embed_sync(texts[: max(batch, 32)])  # warm-up: the first runs allocate
+    t0 = time.perf_counter()
+    embedder.embed_sync(texts)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def raw_query_rate(per_call: int, seconds: float) -> float:
+    embedder = OnnxEmbedder(EmbedderSettings(onnx_batch=32))
+    embedder.embed_sync(QUESTIONS[:1])
+    done = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        embedder.embed_sync([QUESTIONS[(done + i) % len(QUESTIONS)] for i in range(per_call)])
+        done += per_call
+    return done / (time.perf_counter() - t0)
+
+
+async def run(ctx: Context) -> list[Row]:
+    n = 64 if ctx.quick else 256
+    texts = chunk_texts(n)
+    sample = texts[: min(64, n)]
+    by_batch = {b: raw_rate(sample, b) for b in ((8, 16, 32) if ctx.quick else (8, 16, 32, 64))}
+    best = max(by_batch, key=lambda b: by_batch[b])
+    raw = raw_rate(texts, best)
+    window = 1.5 if ctx.quick else 4.0
+    raw_one = raw_query_rate(1, window)
+    raw_16 = raw_query_rate(16, window)
+
+    work = ctx.dir("batching")
+    env = service_env(ctx.redis_url, ctx.prefix("batching"), work / "data")
+    settings = settings_of(env)
+    start_worker(ctx, env, work / "worker.log")
+    client = StreamClient(settings)
+    try:
+        job_id = new_id()
+        doc = Document(id="bench-doc", file="bench.pdf", source="bench.pdf", title="bench", pages=n)
+        per = settings.ingest.batch_chunks
+        await client.events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": 1})
+        t0 = time.perf_counter()
+        for start in range(0, n, per):
+            chunks = [ChunkIn(id=chunk_id(doc.id, i), text=texts[i], page=i + 1, page_end=i + 1, index=i)
+                      for i in range(start, min(n, start + per))]
+            await client.events.enqueue(new_job(IngestBatch(document=doc, chunks=chunks), job_id=job_id),
+                                        client.keys.ingest)
+        await client.events.ingest_sealed(job_id, n)
+        events = await client.until(job_id, timeout_s=600)
+        worker_rate = n / (time.perf_counter() - t0)
+        if events[-1][0] != "done":
+            raise RuntimeError(f"ingest failed: {events[-1]}")
+
+        loads = {}
+        asked = itertools.count()
+
+        async def one() -> None:
+            job = await client.submit(QUESTIONS[next(asked) % len(QUESTIONS)])
+            got = await client.until(job)
+            if got[-1][0] != "done":
+                raise RuntimeError(f"query failed: {got[-1]}")
+
+        for inflight in (1, 8, 64):
+            loads[inflight] = await closed_loop(one, inflight=inflight, warmup_s=0.5, measure_s=window)
+    finally:
+        await client.aclose()
+    sizes = ", ".join(f"{b}: {r:.0f}" for b, r in by_batch.items())
+    rows = [Row(bench="batching", measure=f"embedding {n} chunks of 180 words: worker (ingest stream, "
+                f"batches of {per}) vs raw OnnxEmbedder.embed_sync at its best batch ({best}; chunks/s by batch "
+                f"on a sample: {sizes})", ours=f"{worker_rate:,.1f} chunks/s", baseline=f"{raw:,.1f} chunks/s",
+                ratio=ratio(worker_rate, raw))]
+    for inflight, load in loads.items():
+        base, label = (raw_one, "raw embed, 1 question per call") if inflight == 1 else (
+            raw_16, "raw embed, 16 questions per call")
+        rows.append(Row(bench="batching", measure=f"retrieval-only queries (extractive, {n} chunks indexed), "
+                        f"{inflight} in flight, vs {label}", ours=load.summary("queries/s"),
+                        baseline=f"{base:,.0f} questions/s", ratio=ratio(load.rate, base)))
+    return rows

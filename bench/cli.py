@@ -1,0 +1,104 @@
+"""``python -m bench [NAME...] [--quick]``: run benchmarks, each figure next to its baseline, as a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.harness import Context, Row, cpu_model, valkey
+from tests.servers import ROOT
+
+#: name -> (module, what it measures); run in this order.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "queue": ("bench.queue", "no-op jobs at 64 in flight: our worker via Redis Streams and via HTTP+SSE, vs RQ and ARQ"),
+    "tokens": ("bench.tokens", "token relay: fake LLM as fast as it can -> worker -> Redis -> API -> SSE client"),
+    "fanout": ("bench.fanout", "SSE fan-out: open streams on one API process, memory per stream, Redis connections"),
+    "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; retrieval-only queries/s at 1, 8, 64"),
+    "ingest": ("bench.ingestion", "parse+chunk pages/s vs raw PyMuPDF; end-to-end pages/s with embedding"),
+    "llm": ("bench.llm", "local SmolLM2 (llama_cpp.server): TTFT and tokens/s, 1 and 4 concurrent, direct vs service"),
+    "backlog": ("bench.backlog", "queries first: time to first token with a 10,000-chunk ingest backlog vs none"),
+    "retrieval": ("bench.retrieval", "retrieval quality on the dossier-bench dev set (hit@k, MRR, latency)"),
+}
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| benchmark | measure | ours | baseline (same run) | ours vs baseline |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.bench} | {r.measure} | {r.ours} | {r.baseline} | {r.ratio} |")
+    return "\n".join(lines)
+
+
+def code_version() -> str:
+    """The commit measured, and whether the service code had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    dirty = git("status", "--porcelain", "--", "core", "app", "workers", "ingest")
+    return f"commit {commit}" + (" with uncommitted changes in core/, app/, workers/ or ingest/" if dirty else "")
+
+
+def header(command: str) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"- date: {now}\n- machine: {os.cpu_count()} cores, {cpu_model()} (load average at start {load}; "
+            f"shared with other work, so compare figures only with the baselines in the same run)\n"
+            f"- python: {sys.version.split()[0]}\n- code: {code_version()}\n- command: `{command}`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__,
+        epilog="benchmarks: " + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()),
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): "
+                        f"{', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="shorter windows and smaller inputs (under 2 minutes)")
+    parser.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave out a benchmark")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write the results (date, machine, command, table) to this markdown file")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names + args.skip if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+    names = [n for n in (args.names or list(BENCHMARKS)) if n not in args.skip]
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    rows: list[Row] = []
+    failures: list[str] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp, ExitStack() as run_stack:
+        redis_url = run_stack.enter_context(valkey(Path(tmp)))
+        for name in names:
+            module = importlib.import_module(BENCHMARKS[name][0])
+            t0 = time.perf_counter()
+            print(f"# {name}: {BENCHMARKS[name][1]}", file=sys.stderr, flush=True)
+            with ExitStack() as stack:
+                ctx = Context(quick=args.quick, tmp=Path(tmp), redis_url=redis_url, stack=stack)
+                try:
+                    got = asyncio.run(module.run(ctx))
+                except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
+                    traceback.print_exc()
+                    failures.append(name)
+                    got = [Row(bench=name, measure="failed", ours=f"{type(exc).__name__}: {exc}"[:200])]
+            rows.extend(got)
+            print(f"#   {name} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            for row in got:
+                print(f"#   {row.measure}: {row.ours} | {row.baseline} | {row.ratio}", file=sys.stderr, flush=True)
+    result = header(command) + f"\n- took: {time.perf_counter() - started:.0f} s\n\n" + table(rows)
+    print(result)
+    if args.output:
+        args.output.write_text(f"# Benchmark results\n\n{result}\n")
+    return 1 if failures else 0

@@ -1,0 +1,83 @@
+"""Generated multi-page PDFs with known words on known pages (PyMuPDF), for the ingest and batching benchmarks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pymupdf
+
+_WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "what", "out", "up", "more", "who", "will", "can", "about", "them", "then", "some", "into", "time", "only", "could", "new", "these", "two", "may", "first", "any", "like", "now", "my", "such", "other", "than", "over", "its", "did", "see", "turbine", "tide", "harbour", "contract", "delivery", "invoice", "schedule", "warranty", "engineer", "survey", "budget", "launch", "review", "customer", "release", "design", "vendor", "quote", "payment", "milestone", "clause", "notice", "termination", "report", "analysis", "delay", "pressure", "valve", "pump", "sensor", "cable", "voltage", "current", "battery", "module", "firmware", "network", "server", "database", "query", "index", "vector", "embedding", "retrieval", "answer", "citation", "document", "page", "chapter", "section", "figure", "table", "appendix", "summary", "conclusion", "method", "result", "sample", "measure", "error", "margin", "forecast", "revenue", "cost", "margin", "board", "minutes", "agreement", "party", "obligation", "liability", "damages", "insurance", "audit", "compliance", "policy", "risk", "control", "approval"]
+
+
+def sentence(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(8, 20))]
+    return " ".join(words).capitalize() + "."
+
+
+def page_text(rng: random.Random, words: int) -> str:
+    parts: list[str] = []
+    count = 0
+    while count < words:
+        s = sentence(rng)
+        parts.append(s)
+        count += len(s.split())
+    return " ".join(parts)
+
+
+def write_pdfs(folder: Path, *, docs: int, pages: int, words_per_page: int = 300, seed: int = 7) -> list[Path]:
+    """``docs`` PDFs of ``pages`` pages each, ``words_per_page`` words of English-like text per page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for d in range(docs):
+        doc = pymupdf.open()
+        for _ in range(pages):
+            page = doc.new_page()
+            page.insert_textbox(pymupdf.Rect(50, 50, 550, 800), page_text(rng, words_per_page), fontsize=9)
+        doc.set_metadata({"title": f"Generated report {d + 1}"})
+        path = folder / f"report-{d + 1:02d}.pdf"
+        doc.save(path)
+        doc.close()
+        paths.append(path)
+    return paths
+
+
+def chunk_texts(count: int, *, words: int = 180, seed: int = 11) -> list[str]:
+    """Chunk-sized texts, as the chunker makes them (180 words by default)."""
+    rng = random.Random(seed)
+    return [" ".join(page_text(rng, words).split()[:words]) for _ in range(count)]
+
+
+_NAMES = ["Azure Falcon", "Copper Lantern", "Silent Orchard", "Granite Heron", "Velvet Comet", "Amber Tundra",
+          "Crimson Atlas", "Hollow Meridian", "Ivory Cascade", "Jade Sextant", "Lunar Quarry", "Misty Bastion",
+          "Nimble Glacier", "Obsidian Ferry", "Pale Juniper", "Quiet Monsoon", "Russet Pylon", "Saffron Delta",
+          "Tidal Lyre", "Umber Citadel", "Violet Canyon", "Woven Beacon", "Young Sequoia", "Zinc Harbour"]
+_PEOPLE = ["Ada Okafor", "Bruno Lindqvist", "Chiara Mancini", "Dmitri Petrov", "Elena Duarte", "Farid Haddad",
+           "Greta Sorensen", "Hiro Tanaka", "Ines Moreau", "Jonas Becker", "Kalinda Rao", "Luis Ortega"]
+_CITIES = ["Lisbon", "Tromso", "Valparaiso", "Kyoto", "Nairobi", "Tallinn", "Cusco", "Hobart", "Quebec", "Bergen"]
+
+
+def write_fact_pdfs(folder: Path, *, docs: int, pages: int, seed: int = 5) -> list[dict[str, object]]:
+    """PDFs where each page holds one unique fact amid filler; returns one gold line per fact.
+
+    Gold lines are ``{"query", "file", "page"}``, the input of ``python -m bench.evaluate``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    golds: list[dict[str, object]] = []
+    names = iter(_NAMES * 4)
+    for d in range(docs):
+        doc = pymupdf.open()
+        file = f"facts-{d + 1:02d}.pdf"
+        for number in range(1, pages + 1):
+            name = next(names) + ("" if len(golds) < len(_NAMES) else f" {len(golds)}")
+            person, city = rng.choice(_PEOPLE), rng.choice(_CITIES)
+            fact = f"The {name} initiative was approved by {person} at the {city} office."
+            text = f"{page_text(rng, 120)} {fact} {page_text(rng, 120)}"
+            page = doc.new_page()
+            page.insert_textbox(pymupdf.Rect(50, 50, 550, 800), text, fontsize=9)
+            golds.append({"query": f"Who approved the {name} initiative, and where?", "file": file, "page": number})
+        doc.save(folder / file)
+        doc.close()
+    return golds

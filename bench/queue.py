@@ -1,0 +1,202 @@
+"""Queue path with no-op work, 64 in flight: our worker via Redis Streams and via HTTP+SSE, against RQ and ARQ.
+
+All four share the run's Valkey (own key prefix or queue name each) and one worker
+process. Ours runs ``python -m workers`` with the extractive generator and the openai
+embedder pointed at bench.fakes (instant embeddings over loopback HTTP): the service
+has no in-process no-op embedder, so one loopback HTTP call per batch is part of "no-op".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from contextlib import AsyncExitStack
+
+import httpx
+
+from bench.harness import (
+    Context,
+    Load,
+    Row,
+    StreamClient,
+    closed_loop,
+    pct,
+    ratio,
+    service_env,
+    settings_of,
+    start_api,
+    start_fake_openai,
+    start_worker,
+)
+from tests.servers import Proc
+
+INFLIGHT = 64
+
+
+def _windows(ctx: Context) -> tuple[float, float]:
+    return (0.5, 1.5) if ctx.quick else (1.0, 5.0)
+
+
+async def streams_load(ctx: Context, env: dict[str, str], inflight: int) -> Load:
+    """(a) Submit with EventWriter.submit (as the API does), read the job's event stream until ``done``."""
+    warmup, measure = _windows(ctx)
+    client = StreamClient(settings_of(env))
+    try:
+        async def one() -> None:
+            job_id = await client.submit("What is nothing?")
+            events = await client.until(job_id)
+            if events[-1][0] != "done":
+                raise RuntimeError(f"job failed: {events[-1]}")
+
+        return await closed_loop(one, inflight=inflight, warmup_s=warmup, measure_s=measure)
+    finally:
+        await client.aclose()
+
+
+async def http_load(url: str, ctx: Context, inflight: int) -> Load:
+    """(b) POST /v1/ask and read the SSE stream to its end; one httpx client per caller.
+
+    One shared httpx pool with 64 concurrent streams costs the client a whole core
+    (about 140 req/s here), so each caller gets its own client, as separate users would.
+    """
+    warmup, measure = _windows(ctx)
+    async with AsyncExitStack() as stack:
+        free = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=60)) for _ in range(inflight)]
+
+        async def ask() -> None:
+            http = free.pop()
+            try:
+                async with http.stream("POST", "/v1/ask", json={"question": "What is nothing?"}) as response:
+                    body = b"".join([chunk async for chunk in response.aiter_bytes()])
+            finally:
+                free.append(http)
+            if response.status_code != 200 or b"event: done" not in body:
+                raise RuntimeError(f"/v1/ask failed: {response.status_code} {body[-300:]!r}")
+
+        return await closed_loop(ask, inflight=inflight, warmup_s=warmup, measure_s=measure)
+
+
+async def ours(ctx: Context, inflight: int = INFLIGHT, http: bool = True,
+               **overrides: str) -> tuple[Load, Load | None]:
+    """(a) Redis Streams only, (b) the HTTP API with SSE; one worker process, one API process."""
+    work = ctx.dir("queue")
+    fake = start_fake_openai(ctx, work / "fake.log")
+    env = service_env(ctx.redis_url, ctx.prefix("queue"), work / "data",
+                      embedder_backend="openai", embedder_base_url=fake, **overrides)
+    worker = start_worker(ctx, env, work / "worker.log")
+    streams = await streams_load(ctx, env, inflight)
+    sse = None
+    if http:
+        api, url = start_api(ctx, env, work / "api.log")
+        sse = await http_load(url, ctx, inflight)
+        api.stop()
+    worker.stop()
+    return streams, sse
+
+
+def rq(ctx: Context) -> Load:
+    """RQ 2+/3 with its default forking worker; results fetched with job.latest_result(timeout=...)."""
+    import redis
+    from rq import Queue
+    from rq import Worker as RqWorker
+
+    work = ctx.dir("rq")
+    name = ctx.prefix("rq")
+    worker = Proc([sys.executable, "-m", "rq.cli", "worker", "--url", ctx.redis_url, name], {}, work / "rq.log")
+    ctx.stack.callback(worker.stop)
+    conn = redis.Redis.from_url(ctx.redis_url, max_connections=INFLIGHT * 2)
+    queue = Queue(name, connection=conn)
+    deadline = time.monotonic() + 30
+    while not any(name in w.queue_names() for w in RqWorker.all(connection=conn)):
+        if worker.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"rq worker did not start: {worker.output()[-2000:]}")
+        time.sleep(0.05)
+    from bench.baselines import noop
+
+    warmup, measure = _windows(ctx)
+    start = time.perf_counter()
+    window_start, window_end = start + warmup, start + warmup + measure
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while time.perf_counter() < window_end:
+            t0 = time.perf_counter()
+            job = queue.enqueue(noop)
+            result = job.latest_result(timeout=60)
+            t1 = time.perf_counter()
+            if result is None or result.return_value != 1:
+                raise RuntimeError(f"rq job {job.id} has no result")
+            if window_start <= t0 and t1 <= window_end:
+                with lock:
+                    latencies.append(t1 - t0)
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(INFLIGHT)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(warmup + measure + 60)
+    conn.close()
+    return Load(len(latencies), measure, latencies)
+
+
+async def arq(ctx: Context, *, worker_poll: float, max_jobs: int, result_poll: float) -> Load:
+    """ARQ with its own worker; results with job.result(poll_delay=...), as ARQ's docs show."""
+    from arq.connections import RedisSettings, create_pool
+
+    work = ctx.dir("arq")
+    name = ctx.prefix("arq")
+    worker = Proc([sys.executable, "-m", "bench.baselines", "arq", ctx.redis_url, name,
+                    str(worker_poll), str(max_jobs)], {}, work / "arq.log")
+    ctx.stack.callback(worker.stop)
+    pool = await create_pool(RedisSettings.from_dsn(ctx.redis_url), default_queue_name=name)
+    try:
+        # Wait until ARQ's worker has announced itself (its health-check key).
+        deadline = time.monotonic() + 30
+        while not await pool.exists(f"{name}:health-check"):
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"arq worker did not start: {worker.output()[-2000:]}")
+            await asyncio.sleep(0.05)
+
+        async def one() -> None:
+            job = await pool.enqueue_job("noop", _job_id=uuid.uuid4().hex)
+            assert job is not None
+            if await job.result(timeout=60, poll_delay=result_poll) != 1:
+                raise RuntimeError("arq job returned the wrong result")
+
+        warmup, measure = _windows(ctx)
+        return await closed_loop(one, inflight=INFLIGHT, warmup_s=warmup, measure_s=measure)
+    finally:
+        await pool.aclose()
+
+
+async def run(ctx: Context) -> list[Row]:
+    streams, sse = await ours(ctx)
+    assert sse is not None
+    lone_default, _ = await ours(ctx, inflight=1, http=False)
+    lone_nowait, _ = await ours(ctx, inflight=1, http=False, worker_batch_wait_ms="0")
+    rq_load = await asyncio.to_thread(rq, ctx)
+    arq_tuned = await arq(ctx, worker_poll=0.005, max_jobs=INFLIGHT, result_poll=0.005)
+    arq_default = await arq(ctx, worker_poll=0.5, max_jobs=10, result_poll=0.5)
+    tuned = "ARQ tuned (worker poll 5 ms, max_jobs 64, result poll 5 ms)"
+    what = f"no-op jobs, {INFLIGHT} in flight"
+    pairs = [
+        (f"(a) Redis Streams vs {tuned}", streams, arq_tuned),
+        ("(a) Redis Streams vs ARQ defaults (poll 0.5 s, max_jobs 10)", streams, arq_default),
+        ("(a) Redis Streams vs RQ (forking worker, latest_result)", streams, rq_load),
+        (f"(b) HTTP API + SSE vs {tuned}", sse, arq_tuned),
+        ("(b) HTTP API + SSE vs RQ", sse, rq_load),
+    ]
+    rows = [Row(bench="queue", measure=f"{label}: {what}", ours=load.summary(), baseline=base.summary(),
+                ratio=f"{ratio(load.rate, base.rate)} jobs/s, "
+                      f"{ratio(pct(load.latencies, 50), pct(base.latencies, 50), lower_is_better=True)} p50")
+            for label, load, base in pairs]
+    rows.append(Row(
+        bench="queue", measure="(a) one job in flight: default RAG_WORKER_BATCH_WAIT_MS=5 vs 0",
+        ours=lone_default.summary(), baseline=lone_nowait.summary(),
+        ratio=f"{ratio(pct(lone_default.latencies, 50), pct(lone_nowait.latencies, 50), lower_is_better=True)} p50",
+    ))
+    return rows
