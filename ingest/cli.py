@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-index files even when already indexed unchanged")
     parser.add_argument("--delete", metavar="ID_OR_PATH", action="append", default=[],
                         help="delete a document by id or by the path it was indexed from (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the indexed documents (of --collection, or all)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a progress bar")
     args = parser.parse_args(argv)
-    if not args.paths and not args.delete:
-        parser.error("give PDF files or folders to ingest, or --delete ID_OR_PATH")
+    if not args.paths and not args.delete and not args.list:
+        parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, or --list")
     if args.collection is not None and not COLLECTION.fullmatch(args.collection):
         parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
     try:
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
+        if args.list:
+            return asyncio.run(_list(settings, args.collection, args.json))
         if args.delete:
             return asyncio.run(_delete(settings, args.delete, args.collection, args.json))
         files = list(expand(args.paths))
@@ -150,6 +153,26 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
     finally:
         await redis.aclose()
     return 1 if failed else 0
+
+
+async def _list(settings: Settings, collection: str | None, as_json: bool) -> int:
+    redis = connect(settings.redis)
+    try:
+        records = await Producer(redis, settings).registry.documents(collection)
+    finally:
+        await redis.aclose()
+    if as_json:
+        for record in records:
+            _print_json({"event": "document", **msgspec.to_builtins(record)})
+        return 0
+    table = Table(title=f"{len(records)} document(s)")
+    for column in ("id", "collection", "file", "status", "pages", "chunks", "source"):
+        table.add_column(column)
+    for r in records:
+        status = r.status if r.status != "failed" else f"failed: {r.error_code}"
+        table.add_row(r.id, r.collection, r.file, status, str(r.pages), str(r.chunks), r.source)
+    Console().print(table)
+    return 0
 
 
 def _summary(console: Console, results: list[FileResult]) -> None:

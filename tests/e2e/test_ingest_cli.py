@@ -48,6 +48,10 @@ def test_cli_batch_reingest_and_delete(service_factory, tmp_path: Path) -> None:
                          text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0 and "ingest summary" in run.stderr and "unchanged" in run.stderr
 
+    code, lines, _ = ingest(service, "--json", "--list")
+    assert code == 0 and [(r["file"], r["status"], r["chunks"]) for r in lines] == [
+        ("facts.pdf", "ready", files["facts.pdf"]["chunks"])]
+
     code, lines, _ = ingest(service, "--json", "--delete", str(good))
     assert code == 0 and lines == [{"event": "delete", "target": str(good), "status": "deleted",
                                     "document_id": files["facts.pdf"]["document_id"],
