@@ -34,8 +34,10 @@ log = structlog.get_logger("ingest.pdf")
 # MuPDF's per-character clipping to the mediabox (TEXT_MEDIABOX_CLIP) costs a tenth of the
 # extraction: blocks wholly off the page are dropped here instead.
 TEXT_FLAGS = ((pymupdf.TEXTFLAGS_BLOCKS & ~pymupdf.TEXT_PRESERVE_IMAGES & ~pymupdf.TEXT_MEDIABOX_CLIP)
-              | pymupdf.TEXT_DEHYPHENATE | pymupdf.TEXT_COLLECT_VECTORS)
+              | pymupdf.TEXT_DEHYPHENATE | getattr(pymupdf, "TEXT_COLLECT_VECTORS", 0))
 _TEXT, _VECTOR = 0, 3
+#: Older PyMuPDF has no vector blocks: line art is then found with get_cdrawings() (slower).
+_VECTOR_BLOCKS = bool(getattr(pymupdf, "TEXT_COLLECT_VECTORS", 0))
 #: A page with fewer characters than this (a page number, a stamp) but an image covering
 #: most of it is a scan.
 SCAN_MAX_CHARS = 64
@@ -163,7 +165,6 @@ class PdfReader:
         raw = textpage.extractBLOCKS()
         x0, y0, x1, y1 = page.rect
         height = y1 - y0
-        kinds = [b[6] for b in raw]
         blocks = [Block(b[0], b[1], b[2], b[3], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
                   for b in raw if b[6] == _TEXT and b[2] > x0 and b[0] < x1 and b[3] > y0 and b[1] < y1
                   and b[4].strip()]
@@ -181,8 +182,10 @@ class PdfReader:
             return Page(number, height, reading_order(blocks), ocr=True)
         # Ruled tables are drawn as lines and rectangles; on a page with (almost) none,
         # find_tables() (slow; its default "lines" strategy) could find nothing anyway.
-        if kinds.count(_VECTOR) >= TABLE_MIN_PATHS:
-            blocks = _with_tables(page, blocks, [b for b in raw if b[6] == _VECTOR], textpage)
+        vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
+                   else [tuple(path["rect"]) for path in page.get_cdrawings()])
+        if len(vectors) >= TABLE_MIN_PATHS:
+            blocks = _with_tables(page, blocks, vectors, textpage)
         return Page(number, height, reading_order(blocks))
 
     def close(self) -> None:
