@@ -68,11 +68,11 @@ async def test_last_batch_first_then_the_rest_publishes_once(rig: Rig) -> None:
     await rig.send("d1", 1, range(2, 4), last=True)  # the last batch overtakes the first
     assert (await rig.registry.get("default", "d1")).status == "indexing"  # type: ignore[union-attr]
     assert await rig.store.count_document("d1", "default") == 0  # staged: invisible
-    await rig.send("d1", 0, range(0, 2))
+    await rig.send("d1", 0, range(2))
     record = await rig.registry.get("default", "d1")
     assert record is not None and (record.status, record.chunks) == ("ready", 4)
     assert await rig.store.count_document("d1", "default") == 4
-    await rig.send("d1", 0, range(0, 2))  # a redelivery after the publish: its points stay visible
+    await rig.send("d1", 0, range(2))  # a redelivery after the publish: its points stay visible
     assert await rig.store.count_document("d1", "default") == 4
     assert await rig.store.count_document("d1", "default", staged=True) == 0
     assert (await rig.registry.get("default", "d1")).status == "ready"  # type: ignore[union-attr]
@@ -80,7 +80,7 @@ async def test_last_batch_first_then_the_rest_publishes_once(rig: Rig) -> None:
 
 async def test_batches_of_a_deleted_document_are_dropped(rig: Rig) -> None:
     await rig.registry.start(DocumentRecord(id="d2", collection="default", file="d2.pdf", source="/x/d2.pdf"))
-    await rig.send("d2", 0, range(0, 2))
+    await rig.send("d2", 0, range(2))
     await rig.registry.forget("default", "d2")  # deleted while indexing
     await rig.send("d2", 1, range(2, 4), last=True)
     assert await rig.store.count_document("d2", "default", staged=True) == 0
