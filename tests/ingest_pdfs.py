@@ -17,7 +17,7 @@ def _header_footer(page: pymupdf.Page, number: int) -> None:
 
 
 def paragraphs(seed: int, n: int = 3, words: int = 60) -> list[str]:
-    vocab = ("tidal turbine energy grid ocean kelp carbon sugar compiler pascal module oranges harvest "
+    vocab = ("tidal turbine energy grid ocean kelp carbon sugar compiler pascal module oranges harvest "  # noqa: SIM905
              "january seville island wind storage battery network protocol stream worker query").split()
     return [" ".join(f"{vocab[(seed * 7 + p * 13 + i * 5) % len(vocab)]}{(seed + i) % 97}" for i in range(words))
             for p in range(n)]
