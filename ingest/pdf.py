@@ -183,7 +183,7 @@ class PdfReader:
         # find_tables() (slow; its default "lines" strategy) could find nothing anyway.
         vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
-        if len(vectors) >= TABLE_MIN_PATHS:
+        if len(vectors) >= TABLE_MIN_PATHS and _grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
             blocks = _with_tables(page, blocks, vectors, textpage)
         return Page(number, height, reading_order(blocks))
 
@@ -210,6 +210,26 @@ def _is_scan(page: pymupdf.Page) -> bool:
     area = abs(page.rect) or 1.0
     covered = sum(abs(pymupdf.Rect(info["bbox"]) & page.rect) for info in page.get_image_info())
     return covered / area >= 0.5
+
+
+def _grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type: ignore[type-arg]
+    """At least three horizontal and two vertical rules (lines, or rectangle edges) in the body of
+    the page (between ``top`` and ``bottom``): the least a ruled table has. Underlines, page frames
+    and header or footer rules are not worth a find_tables()."""
+    horizontal: set[int] = set()
+    vertical: set[int] = set()
+    for x0, y0, x1, y1, *_ in vectors:
+        if y1 <= top or y0 >= bottom or (y0 < top and y1 > bottom):
+            continue  # in a margin, or a frame around the whole page
+        w, h = x1 - x0, y1 - y0
+        if h <= 3 and w > 8:
+            horizontal.add(round(y0))
+        elif w <= 3 and h > 8:
+            vertical.add(round(x0))
+        elif w > 3 and h > 3:
+            horizontal.update((round(y0), round(y1)))
+            vertical.update((round(x0), round(x1)))
+    return len(horizontal) >= 3 and len(vertical) >= 2
 
 
 def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple], textpage: pymupdf.TextPage) -> list[Block]:  # type: ignore[type-arg]

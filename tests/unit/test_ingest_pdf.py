@@ -134,3 +134,13 @@ def test_reading_order_three_columns_under_a_wide_title() -> None:
     footer = Block(50, 700, 550, 720, "wide footer")
     ordered = [b.text for b in reading_order([footer, *reversed(cols), title])]
     assert ordered == ["title", *[f"c{c}r{r}" for c in range(3) for r in range(3)], "wide footer"]
+
+
+def test_only_grid_like_line_art_is_searched_for_tables() -> None:
+    from ingest.pdf import _grid_like
+
+    frame = [(20, 20, 575, 21), (20, 821, 575, 822), (20, 20, 21, 822), (574, 20, 575, 822)]
+    rules = [(50, 50, 545, 51), (50, 800, 545, 801), (50, 300, 545, 301), (50, 320, 545, 321)]  # underlines too
+    assert not _grid_like(frame + rules, 67.0, 775.0)
+    cells = [(50 + 100 * c, 160 + 20 * r, 150 + 100 * c, 180 + 20 * r) for r in range(2) for c in range(2)]
+    assert _grid_like(cells, 67.0, 775.0)
