@@ -70,9 +70,10 @@ class TokenCounter:
             if len(cache) > CACHE_WORDS:
                 cache.clear()
             missing = list({w for w, n in zip(words, out) if n is None})
-            for word, encoding in zip(missing, self._tokenizer.encode_batch(missing, add_special_tokens=False)):
-                cache[word] = len(encoding.ids)
-            return [cache[w] for w in words]
+            fresh = {word: len(encoding.ids)
+                     for word, encoding in zip(missing, self._tokenizer.encode_batch(missing, add_special_tokens=False))}
+            cache.update(fresh)  # one counter serves concurrent uploads' threads: never read back after clear()
+            return [n if n is not None else fresh[w] for w, n in zip(words, out)]
         return out  # type: ignore[return-value]
 
 
