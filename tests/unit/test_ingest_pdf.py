@@ -144,3 +144,18 @@ def test_only_grid_like_line_art_is_searched_for_tables() -> None:
     assert not _grid_like(frame + rules, 67.0, 775.0)
     cells = [(50 + 100 * c, 160 + 20 * r, 150 + 100 * c, 180 + 20 * r) for r in range(2) for c in range(2)]
     assert _grid_like(cells, 67.0, 775.0)
+
+
+def test_word_chars_find_the_same_tables_and_leave_other_callers_alone(tmp_path: Path, counter, monkeypatch) -> None:
+    import pymupdf
+
+    import ingest.pdf as pdf
+
+    path = make.with_table(tmp_path / "t.pdf", rows=12)
+    fast, _ = chunks_of(path, counter)
+    monkeypatch.setattr(pdf, "_install_word_chars", lambda: False)
+    slow, _ = chunks_of(path, counter)
+    assert [c.text for c in fast] == [c.text for c in slow] and any("|fruit11|" in c.text for c in fast)
+    with pymupdf.open(path) as doc:  # PyMuPDF's own make_chars outside our calls: full characters
+        [table] = doc[0].find_tables().tables
+        assert table.extract()[1] == ["fruit0", "month0", "100"]
