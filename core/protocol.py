@@ -135,6 +135,9 @@ class Source(Struct, frozen=True, kw_only=True):
     snippet: str
     document_id: str
     chunk_id: str
+    #: The document's title, and the outline section the chunk starts under (if the PDF has one).
+    title: str | None = None
+    section: str | None = None
 
 
 class Usage(Struct, frozen=True, kw_only=True):

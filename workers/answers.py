@@ -53,6 +53,8 @@ def to_sources(hits: list[Hit]) -> list[Source]:
             snippet=str(h.payload.get("text", "")),
             document_id=str(h.payload.get("document_id", "")),
             chunk_id=h.id,
+            title=h.payload.get("title") or None,
+            section=h.payload.get("section") or None,
         )
         for i, h in enumerate(hits, start=1)
     ]

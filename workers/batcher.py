@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from workers.consumer import Consumer, Delivery
 
 
+#: While an ingest batch is being indexed, how long a read waits for queries.
+INDEXING_POLL_MS = 20
+
+
 class Batch(Struct):
     kind: str  # "query" | "ingest" | "idle"
     deliveries: list[Delivery]
@@ -53,7 +57,10 @@ class Batcher:
             if not block:
                 return Batch("idle", [])
             if not ingest:
-                queries = await self._consumer.read(self._keys.queries, count=1, block_ms=self._block_ms)
+                # Short: the caller must come back soon to start the next ingest batch once the
+                # current one is indexed (cancelling a blocked read could lose a delivery).
+                block_ms = min(self._block_ms, INDEXING_POLL_MS)
+                queries = await self._consumer.read(self._keys.queries, count=1, block_ms=block_ms)
                 if not queries:
                     return Batch("idle", [])
                 return await self._fill(queries, size)

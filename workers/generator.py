@@ -36,7 +36,8 @@ class Generator(Protocol):
 
 def build_prompt(question: str, sources: list[Source], context_chars: int) -> str:
     blocks = [
-        f"[{s.n}] {s.file}, page {s.page}:\n{s.snippet[:context_chars]}" for s in sources
+        f"[{s.n}] {s.file}, page {s.page}{f' ({s.section})' if s.section else ''}:\n{s.snippet[:context_chars]}"
+        for s in sources
     ]
     context = "\n\n".join(blocks) if blocks else "(no sources found)"
     return f"Sources:\n\n{context}\n\nQuestion: {question}"
