@@ -44,7 +44,7 @@ async def flood(client: StreamClient, chunks: int, batch: int = 32) -> None:
 
 async def run(ctx: Context) -> list[Row]:
     backlog = 2_000 if ctx.quick else 10_000
-    rounds = 4 if ctx.quick else 8
+    rounds = 3 if ctx.quick else 8
     try:
         from bench.llm import start_llm
 

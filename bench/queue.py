@@ -37,7 +37,7 @@ INFLIGHT = 64
 
 
 def _windows(ctx: Context) -> tuple[float, float]:
-    return (0.5, 1.5) if ctx.quick else (1.0, 5.0)
+    return (0.3, 1.0) if ctx.quick else (1.0, 5.0)
 
 
 async def streams_load(ctx: Context, env: dict[str, str], inflight: int) -> Load:
