@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from core.heartbeats import alive_workers
+from core.keys import Keys
 from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, SettingsError, load_settings
@@ -77,6 +79,14 @@ async def _run(settings: Settings, files: list[Path], collection: str | None, fo
     console = Console(stderr=True)
     try:
         await redis.ping()
+        if not await alive_workers(redis, Keys(settings.redis.prefix)):
+            # Not an error: the chunks wait in Redis; but say why nothing moves yet.
+            warning = (f"no worker is running on {settings.redis.url} (prefix {settings.redis.prefix!r}): chunks wait "
+                       "in Redis until one starts (python -m workers, or scripts/up); Ctrl-C stops waiting")
+            if as_json:
+                print(msgspec.json.encode({"event": "warning", "message": warning}).decode(), flush=True)
+            else:
+                console.print(f"[yellow]warning[/]: {warning}")
         producer = Producer(redis, settings, collection=collection, force=force)
         if as_json:
             def on_update(state: RunState, result: FileResult | None) -> None:
