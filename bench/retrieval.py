@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -83,6 +84,10 @@ async def run(ctx: Context) -> list[Row]:
     finally:
         await redis.aclose()
     report = await evaluate(settings, golds, collection=None, top_k=10)
+    for result, gold in zip(report.results, golds):
+        if result.file_rank != 1:
+            print(f"#   dossier rank {result.file_rank}: {gold.query!r} ({gold.collection}) wants {gold.files}, "
+                  f"got {result.retrieved[:3]}", file=sys.stderr)
     synthetic = await evaluate(settings, facts, collection="facts", top_k=10)
     pdf_count = sum(len(f) for f in pdfs.values())
     m = report.level("file")
