@@ -187,8 +187,8 @@ async def run(ctx: Context) -> list[Row]:
             b_ttft, b_rate, b_text = median_round(base_rounds)
             o_ttft, o_rate, o_text = median_round(ours_rounds)
             rows.append(Row(bench="llm", measure=f"SmolLM2 135M Q4_1, {n} concurrent, up to {max_tokens} tokens: "
-                            f"/v1/ask vs llama_cpp.server directly, same prompts (interrupt_requests off), median "
-                            f"of {rounds[n]} rounds",
+                            "/v1/ask vs llama_cpp.server directly, same prompts (interrupt_requests off)"
+                            + (f", median of {rounds[n]} rounds" if rounds[n] > 1 else ""),
                             ours=o_text, baseline=b_text,
                             ratio=f"{ratio(o_ttft, b_ttft, lower_is_better=True)} TTFT, "
                                   f"{ratio(o_rate, b_rate)} tokens/s"))
