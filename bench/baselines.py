@@ -1,4 +1,4 @@
-"""The no-op jobs RQ and ARQ run, and the ARQ worker entry point (``python -m bench.baselines arq URL QUEUE POLL MAX_JOBS``)."""
+"""The no-op jobs RQ and ARQ run, and the ARQ worker entry point (``python -m bench.baselines arq ...``)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pymupdf
 
-_WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "what", "out", "up", "more", "who", "will", "can", "about", "them", "then", "some", "into", "time", "only", "could", "new", "these", "two", "may", "first", "any", "like", "now", "my", "such", "other", "than", "over", "its", "did", "see", "turbine", "tide", "harbour", "contract", "delivery", "invoice", "schedule", "warranty", "engineer", "survey", "budget", "launch", "review", "customer", "release", "design", "vendor", "quote", "payment", "milestone", "clause", "notice", "termination", "report", "analysis", "delay", "pressure", "valve", "pump", "sensor", "cable", "voltage", "current", "battery", "module", "firmware", "network", "server", "database", "query", "index", "vector", "embedding", "retrieval", "answer", "citation", "document", "page", "chapter", "section", "figure", "table", "appendix", "summary", "conclusion", "method", "result", "sample", "measure", "error", "margin", "forecast", "revenue", "cost", "margin", "board", "minutes", "agreement", "party", "obligation", "liability", "damages", "insurance", "audit", "compliance", "policy", "risk", "control", "approval"]
+_WORDS = (  # noqa: SIM905 - a paragraph of words reads better than a list of them
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so what out up more who will can about them "
+    "then some into time only could new these two may first any like now my such other than over its did see "
+    "turbine tide harbour contract delivery invoice schedule warranty engineer survey budget launch review customer "
+    "release design vendor quote payment milestone clause notice termination report analysis delay pressure valve "
+    "pump sensor cable voltage current battery module firmware network server database query index vector embedding "
+    "retrieval answer citation document page chapter section figure table appendix summary conclusion method result "
+    "sample measure error margin forecast revenue cost margin board minutes agreement party obligation liability "
+    "damages insurance audit compliance policy risk control approval"
+).split()
 
 
 def sentence(rng: random.Random) -> str:

@@ -78,7 +78,8 @@ class Report(msgspec.Struct, kw_only=True):
         return f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms"
 
     def table(self) -> str:
-        lines = [f"| level | queries | hit@1 | hit@5 | hit@10 | MRR@{self.top_k} |", "| --- | --- | --- | --- | --- | --- |"]
+        lines = [f"| level | queries | hit@1 | hit@5 | hit@10 | MRR@{self.top_k} |",
+                 "| --- | --- | --- | --- | --- | --- |"]
         for name in ("page", "file"):
             m = self.level(name)
             cells = ["n/a" if m[c] is None else f"{m[c]:.3f}" for c in ("hit@1", "hit@5", "hit@10", "MRR")]

@@ -78,7 +78,8 @@ async def run(ctx: Context) -> list[Row]:
             f"({per_stream:,.1f} KiB per stream; all open in {opened_s:.1f} s)",
             baseline=f"{rss0 / 1024:,.0f} MiB with no stream open", ratio=f"+{(rss1 - rss0) / 1024:,.0f} MiB"),
         Row(bench="fanout", measure=f"{n} open SSE streams: Redis connections (CLIENT LIST)", ours=f"{conns1:,}",
-            baseline=f"{conns0:,} with no stream open", ratio=f"+{conns1 - conns0:,} ({(conns1 - conns0) / n:.2f} per stream)"),
+            baseline=f"{conns0:,} with no stream open",
+            ratio=f"+{conns1 - conns0:,} ({(conns1 - conns0) / n:.2f} per stream)"),
         Row(bench="fanout", measure=f"a `done` event written to each of {n} jobs at once: until its stream delivers it",
             ours=f"p50 {pct(latencies, 50) * 1000:.0f} ms, p99 {pct(latencies, 99) * 1000:.0f} ms, "
                  f"all in {max(latencies) * 1000:.0f} ms", baseline="", ratio=""),

@@ -44,7 +44,8 @@ def start_llm(ctx: Context, log: Path, *, interrupt: bool) -> tuple[Proc, str]:
     port = free_port()
     server = Proc([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
                    "--n_threads", str(os.cpu_count() or 2), "--n_ctx", "2048", "--host", "127.0.0.1",
-                   "--port", str(port), "--interrupt_requests", str(interrupt)], {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, log)
+                   "--port", str(port), "--interrupt_requests", str(interrupt)],
+                  {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, log)
     ctx.stack.callback(server.stop)
     wait_for_port(port, timeout=120, proc=server.proc)
     return server, f"http://127.0.0.1:{port}/v1"
