@@ -7,6 +7,7 @@ when no query is waiting.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -18,9 +19,8 @@ if TYPE_CHECKING:
     from workers.consumer import Consumer, Delivery
 
 
-#: While an ingest batch is being indexed, how long a read waits for queries.
-INDEXING_POLL_MS = 20
-
+#: How often a filling batch looks for more queries.
+FILL_POLL_S = 0.001
 
 class Batch(Struct):
     kind: str  # "query" | "ingest" | "idle"
@@ -44,7 +44,7 @@ class Batcher:
     async def next(self, size: int, *, block: bool = True, ingest: bool = True) -> Batch:
         """The next batch, queries first; ``idle`` when nothing arrived within the block timeout.
 
-        ``ingest=False`` (an ingest batch is already being indexed) waits for queries only.
+        ``ingest=False`` (an ingest batch is already being indexed): queries only, without blocking.
         """
         queries = await self._consumer.read(self._keys.queries, count=size)
         if not queries:
@@ -57,13 +57,7 @@ class Batcher:
             if not block:
                 return Batch("idle", [])
             if not ingest:
-                # Short: the caller must come back soon to start the next ingest batch once the
-                # current one is indexed (cancelling a blocked read could lose a delivery).
-                block_ms = min(self._block_ms, INDEXING_POLL_MS)
-                queries = await self._consumer.read(self._keys.queries, count=1, block_ms=block_ms)
-                if not queries:
-                    return Batch("idle", [])
-                return await self._fill(queries, size)
+                return Batch("idle", [])  # the caller polls again while it indexes
             # COUNT 1: a blocking read must not hoard ingest batches other consumers could take.
             arrived = await self._consumer.wait_any(count=1, block_ms=self._block_ms)
             queries = [d for d in arrived if d.stream == self._keys.queries]
@@ -73,13 +67,15 @@ class Batcher:
         return await self._fill(queries, size)
 
     async def _fill(self, queries: list[Delivery], size: int) -> Batch:
+        # The wait is timed here, not with a short XREADGROUP BLOCK: Redis and Valkey expire
+        # blocked clients on their ~100 ms server tick, so BLOCK 5 would cost a lone query 100 ms.
         deadline = time.monotonic() + self._wait
         while len(queries) < size:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms < 1:
-                break
-            more = await self._consumer.read(self._keys.queries, count=size - len(queries), block_ms=remaining_ms)
-            if not more:
-                break
+            more = await self._consumer.read(self._keys.queries, count=size - len(queries))
             queries.extend(more)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or len(queries) >= size:
+                break
+            if not more:
+                await asyncio.sleep(min(FILL_POLL_S, remaining))
         return Batch("query", queries)

@@ -31,6 +31,9 @@ from workers.store import EdgeStore, ServerStore, VectorStore
 
 log = structlog.get_logger("workers")
 
+#: While an ingest batch is indexed in the background, how often the loop looks for queries.
+INDEXING_POLL_S = 0.01
+
 #: Consumers idle this long with nothing pending are removed from the group.
 DEAD_CONSUMER_MS = 24 * 3600 * 1000
 
@@ -228,6 +231,9 @@ class ConsumerLoop:
                 elif batch.kind == "ingest":
                     # Indexed in the background: the loop goes on reading queries meanwhile.
                     self.indexing = asyncio.create_task(self._index(batch.deliveries))
+                elif indexing:
+                    # Look for queries every few ms, and take the next ingest batch once this one is in.
+                    await asyncio.wait({self.indexing}, timeout=INDEXING_POLL_S)  # type: ignore[arg-type]
                 elif self.worker.burst:
                     busy = self.inflight | ({self.indexing} if indexing and self.indexing else set())
                     if busy:
