@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from contextlib import AsyncExitStack, aclosing
@@ -115,8 +116,7 @@ class QueryPipeline:
         await self._metrics.incr(query_batches=1, query_embed_calls=1, queries_embedded=len(valid), searches=1)
         log.info("query_batch", size=len(valid), embed_ms=round((embedded - started) * 1000, 1),
                  search_ms=round((searched - embedded) * 1000, 2))
-        prepared = []
-        for (delivery, query), hits in zip(valid, results):
+        async def start(delivery: Delivery, query: Query, hits: list[Hit]) -> Prepared | None:
             assert delivery.job is not None
             sources = to_sources(hits[: query.top_k])
             try:
@@ -126,15 +126,18 @@ class QueryPipeline:
             except JobCancelled:
                 await self._consumer.ack(delivery)
                 await self._metrics.incr(cancelled=1)
-                continue
+                return None
             timings = Timings(
                 queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
                 embed_ms=round((embedded - started) * 1000, 2),
                 search_ms=round((searched - embedded) * 1000, 2),
                 batch_size=len(valid),
             )
-            prepared.append(Prepared(delivery, query, sources, timings))
-        return prepared
+            return Prepared(delivery, query, sources, timings)
+
+        # Each job's sources go out at once, not one round trip after another.
+        started_jobs = await asyncio.gather(*(start(d, q, h) for (d, q), h in zip(valid, results)))
+        return [p for p in started_jobs if p is not None]
 
     async def answer(self, item: Prepared) -> None:
         """Stream the answer's tokens, then ``done``; acknowledge only after ``done`` is written."""
@@ -174,8 +177,8 @@ class QueryPipeline:
         await self._events.emit(
             job.id, Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage, timings=timings)
         )
-        await self._consumer.ack(item.delivery)
-        await self._metrics.incr(answers=1, token_events=tokens.flushes)
+        await asyncio.gather(self._consumer.ack(item.delivery),
+                             self._metrics.incr(answers=1, token_events=tokens.flushes))
 
     async def cancelled(self, delivery: Delivery) -> None:
         """The client cancelled: write `cancelled` (once) and drop the job."""
