@@ -20,6 +20,11 @@ from core.redis import connect
 from core.settings import Settings, load_settings
 
 
+#: Connections for short commands (submit, status, a stream's first look); callers past it wait.
+#: With the hub's one connection, that bounds what an API process holds, whatever the open streams.
+API_REDIS_CONNECTIONS = 8
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -28,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # A bounded pool for short commands, and one connection for the hub's blocking XREAD:
         # open SSE streams hold no connection of their own.
-        redis = connect(settings.redis, max_connections=32)
+        redis = connect(settings.redis, max_connections=API_REDIS_CONNECTIONS)
         reader = connect(settings.redis, max_connections=1)
         hub = EventHub(redis, reader)
         app.state.jobs = Jobs(redis, settings)
