@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 from collections.abc import Generator
 from types import FrameType
@@ -12,15 +11,11 @@ from types import FrameType
 import uvicorn
 from litestar import Litestar
 
-from core.settings import SettingsError, load_settings
+from core.settings import load_or_exit
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit()
     from app.main import create_app
 
     app = create_app(settings)

@@ -9,6 +9,7 @@ does not. A bad value stops the process with a message that names the variable.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -196,6 +197,15 @@ def load_settings(
     except msgspec.ValidationError as exc:
         var = _var_for_error(str(exc), names)
         raise SettingsError(f"{var}: {exc}") from None
+
+
+def load_or_exit() -> Settings:
+    """For entry points: the settings, or the offending variable on stderr and exit status 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _convert(tree: dict[str, Any]) -> Settings:

@@ -22,7 +22,7 @@ from core.heartbeats import alive_workers
 from core.keys import Keys
 from core.logs import configure_logging
 from core.redis import connect
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, load_or_exit
 from ingest.producer import DEFAULT_COLLECTION, FileResult, Producer, RunState, expand
 
 COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, or --list")
     if args.collection is not None and not COLLECTION.fullmatch(args.collection):
         parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:
         if args.list:

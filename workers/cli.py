@@ -10,7 +10,7 @@ import structlog
 
 from core.errors import RagError, StoreLocked
 from core.logs import configure_logging
-from core.settings import SettingsError, load_settings
+from core.settings import load_or_exit
 from workers.worker import Worker
 
 
@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(Worker(settings, concurrency=args.concurrency, burst=args.burst).run())
