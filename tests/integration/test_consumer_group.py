@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from core.keys import GROUP, Keys
 from core.protocol import Query, encode_job, new_job
 from workers.consumer import Consumer
-
-
-@pytest.fixture
-async def redis(any_redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(any_redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_groups_are_created_once(redis: Redis, prefix: str) -> None:

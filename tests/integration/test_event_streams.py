@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Done, Token, decode_event
 from core.settings import LimitSettings
-
-
-@pytest.fixture
-async def redis(any_redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(any_redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_every_event_is_trimmed_and_expires(redis: Redis, prefix: str) -> None:
