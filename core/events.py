@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.autopipeline import autopipeline
 from core.keys import Keys
 from core.protocol import Cancelled, Event, Job, encode_event, encode_job
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import Pipeline
 
     from core.settings import LimitSettings
 
@@ -95,6 +95,8 @@ class EventWriter:
 
     def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
         self._redis = redis
+        # Events, records and job messages of concurrent jobs share round trips.
+        self._pipe = autopipeline(redis)
         self._keys = keys
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
@@ -120,9 +122,10 @@ class EventWriter:
         Raises JobCancelled (after writing the `cancelled` event) if the job was cancelled.
         """
         fields = encode_event(event)
-        entry_id = await self._emit(
-            keys=self._job_keys(job_id),
-            args=[self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
+        entry_id = await self._pipe.script(
+            self._emit,
+            self._job_keys(job_id),
+            [self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
         )
         if entry_id is None:
             raise JobCancelled(job_id)
@@ -137,29 +140,26 @@ class EventWriter:
 
     async def cancel(self, job_id: str) -> int:
         """Set the job's cancel flag: -1 unknown, 0 finished already, 1 running, 2 cancelled before it started."""
-        result = await self._cancel(keys=self._job_keys(job_id), args=[self._maxlen, self._ttl, _CANCELLED])
+        result = await self._pipe.script(self._cancel, self._job_keys(job_id), [self._maxlen, self._ttl, _CANCELLED])
         if int(result) == 1:
             await self._redis.publish(self._keys.cancels, job_id)
         return int(result)
 
     async def submit(self, job: Job, stream: str, record: dict[str, str | int]) -> None:
         """Create the job's record, then enqueue it; the record makes the job id known at once."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._record(pipe, job.id, {"kind": job.kind, "created_ms": job.created_ms, **record})
-            pipe.xadd(stream, {"job": encode_job(job)})
-            await pipe.execute()
+        record = {"kind": job.kind, "created_ms": job.created_ms, **record}
+        await self._pipe.many(*self._record(job.id, record), ("XADD", stream, "*", "job", encode_job(job)))
 
     async def create_record(self, job_id: str, record: dict[str, str | int]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._record(pipe, job_id, record)
-            await pipe.execute()
+        await self._pipe.many(*self._record(job_id, record))
 
-    def _record(self, pipe: Pipeline, job_id: str, record: dict[str, str | int]) -> None:
-        pipe.hset(self._keys.record(job_id), mapping=record)  # type: ignore[arg-type]
-        pipe.expire(self._keys.record(job_id), self._ttl)
+    def _record(self, job_id: str, record: dict[str, str | int]) -> list[tuple[object, ...]]:
+        key = self._keys.record(job_id)
+        fields = [item for pair in record.items() for item in pair]
+        return [("HSET", key, *fields), ("EXPIRE", key, self._ttl)]
 
     async def enqueue(self, job: Job, stream: str) -> None:
-        await self._redis.xadd(stream, {"job": encode_job(job)})
+        await self._pipe.execute_command("XADD", stream, "*", "job", encode_job(job))
 
     async def ingest_progress(self, job_id: str, chunks: int, file: str) -> bool:
         """Count ``chunks`` as indexed; True when this call finished the job."""
@@ -171,4 +171,4 @@ class EventWriter:
 
     async def _run_progress(self, job_id: str, chunks: int, total: str, file: str) -> int:
         keys = [self._keys.record(job_id), self._keys.events(job_id)]
-        return int(await self._progress(keys=keys, args=[chunks, total, file, self._maxlen, self._ttl]))
+        return int(await self._pipe.script(self._progress, keys, [chunks, total, file, self._maxlen, self._ttl]))

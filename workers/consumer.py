@@ -13,6 +13,7 @@ import structlog
 from msgspec import Struct
 from redis.exceptions import ResponseError
 
+from core.autopipeline import autopipeline
 from core.keys import GROUP, Keys
 from core.protocol import Job, decode_job, encode_job, now_ms
 
@@ -37,6 +38,7 @@ class Delivery(Struct):
 class Consumer:
     def __init__(self, redis: Redis, keys: Keys, name: str) -> None:
         self._redis = redis
+        self._pipe = autopipeline(redis)  # acks share round trips with the jobs' events
         self._keys = keys
         self.name = name
         # XAUTOCLAIM cursors per stream: each call continues where the last one stopped.
@@ -115,10 +117,8 @@ class Consumer:
 
     async def ack(self, delivery: Delivery) -> None:
         """Done with a message: acknowledge and delete it, so the stream's length is its backlog."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
-            pipe.xdel(delivery.stream, delivery.entry_id)
-            await pipe.execute()
+        await self._pipe.many(("XACK", delivery.stream, GROUP, delivery.entry_id),
+                              ("XDEL", delivery.stream, delivery.entry_id))
 
     async def dead_letter(self, delivery: Delivery, code: str, message: str) -> None:
         """Move a message to the dead-letter stream with its last error, then acknowledge it."""

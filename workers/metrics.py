@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from core.autopipeline import autopipeline
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -13,13 +15,10 @@ class Metrics:
     """``incr`` counts locally and in ``<p>:metrics``: embed calls, texts embedded, answers..."""
 
     def __init__(self, redis: Redis, key: str) -> None:
-        self._redis = redis
+        self._pipe = autopipeline(redis)
         self._key = key
         self.local: Counter[str] = Counter()
 
     async def incr(self, **counts: int) -> None:
         self.local.update(counts)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name, value in counts.items():
-                pipe.hincrby(self._key, name, value)
-            await pipe.execute()
+        await self._pipe.many(*(("HINCRBY", self._key, name, value) for name, value in counts.items()))
