@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import heapq
 import itertools
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 import numpy as np
 import openai
 from openai import AsyncOpenAI
@@ -170,8 +172,25 @@ class OnnxEmbedder:
         return None
 
 
+class _Embedding(msgspec.Struct):
+    index: int
+    #: Floats, or base64 float32 (servers that answer so whatever was asked).
+    embedding: list[float] | str
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+
+
+_decode_embeddings = msgspec.json.Decoder(_Embeddings).decode
+
+
 class OpenAIEmbedder:
-    """Any OpenAI-compatible /v1/embeddings endpoint; the dimension is probed at start."""
+    """Any OpenAI-compatible /v1/embeddings endpoint; the dimension is probed at start.
+
+    The reply is decoded with msgspec, not the openai client's models: building a pydantic
+    object per float list cost more CPU than everything else a no-op query does.
+    """
 
     dim = 0
 
@@ -184,10 +203,18 @@ class OpenAIEmbedder:
 
     async def embed(self, texts: list[str], *, urgent: bool = False) -> np.ndarray:
         try:
-            response = await self._client.embeddings.create(model=self._model, input=texts)
+            raw = await self._client.embeddings.with_raw_response.create(model=self._model, input=texts)
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
             raise Unavailable(f"the embeddings endpoint is unavailable: {exc}", code="embedder_unavailable") from None
-        vectors = np.asarray([d.embedding for d in sorted(response.data, key=lambda d: d.index)], dtype=np.float32)
+        try:
+            data = sorted(_decode_embeddings(raw.content).data, key=lambda d: d.index)
+        except msgspec.DecodeError as exc:
+            raise Unavailable(f"the embeddings endpoint sent a malformed reply: {exc}",
+                              code="embedder_unavailable") from None
+        if len(data) != len(texts):
+            raise Unavailable(f"the embeddings endpoint sent {len(data)} embeddings for {len(texts)} texts",
+                              code="embedder_unavailable")
+        vectors = np.asarray([_floats(d.embedding) for d in data], dtype=np.float32)
         return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
 
     def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -195,6 +222,10 @@ class OpenAIEmbedder:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _floats(embedding: list[float] | str) -> np.ndarray | list[float]:
+    return np.frombuffer(base64.b64decode(embedding), dtype=np.float32) if isinstance(embedding, str) else embedding
 
 
 async def create_embedder(settings: EmbedderSettings) -> Embedder:
