@@ -13,7 +13,9 @@ RUN if [ -n "$EXTRAS" ]; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
+# A portable llama.cpp (AVX2): the image runs on other CPUs than the one that built it, and a
+# native build uses AMX where advertised, which dies with SIGSEGV on VMs that do not enable it.
+ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 CMAKE_ARGS="-DGGML_NATIVE=OFF"
 WORKDIR /src
 COPY . .
 # The pip cache keeps the llama-cpp-python wheel between builds (its build takes minutes).
