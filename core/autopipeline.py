@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
+
+T = TypeVar("T")
 
 #: Most commands in one pipeline; the rest go in the next round trip.
 MAX_COMMANDS = 1024
@@ -51,18 +54,20 @@ class AutoPipeline:
 
     async def execute_command(self, *args: Any) -> Any:
         """Queue one command and wait for its reply (or its error)."""
-        (reply,) = await self.many(args)
-        return reply
+        return await self._enqueue([args])[0]
 
     async def many(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Queue commands next to each other (they go in the same write); their replies, in order."""
+        return list(await asyncio.gather(*self._enqueue(commands)))
+
+    def _enqueue(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         self._queue.extend(zip(commands, futures))
         if self._flusher is None:
             # It runs on the next loop iteration: whatever is queued in this one goes out with it.
             self._flusher = loop.create_task(self._flush())
-        return list(await asyncio.gather(*futures))
+        return futures
 
     async def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
         """EVALSHA in the pipeline; a server that lost its script cache (a restart) gets the script loaded."""
@@ -103,3 +108,39 @@ class AutoPipeline:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+class TickBatch(Generic[T]):
+    """Items added during one event-loop iteration, written together by one ``write`` call.
+
+    For writes that merge (one XACK for many ids, one HINCRBY per counter); every caller
+    awaits the shared write and gets its error, if any; a cancelled caller cancels only its wait.
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[object]]) -> None:
+        self._write = write
+        self._items: list[tuple[T, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def add(self, item: T) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._items.append((item, future))
+        if self._task is None:
+            self._task = loop.create_task(self._run())
+        await future
+
+    async def _run(self) -> None:
+        items, self._items, self._task = self._items, [], None
+        try:
+            await self._write([item for item, _ in items])
+        except BaseException as exc:
+            for _, future in items:
+                if not future.done():
+                    future.cancel() if isinstance(exc, asyncio.CancelledError) else future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, future in items:
+            if not future.done():
+                future.set_result(None)

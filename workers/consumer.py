@@ -13,7 +13,7 @@ import structlog
 from msgspec import Struct
 from redis.exceptions import ResponseError
 
-from core.autopipeline import autopipeline
+from core.autopipeline import TickBatch, autopipeline
 from core.keys import GROUP, Keys
 from core.protocol import Job, decode_job, encode_job, now_ms
 
@@ -39,6 +39,8 @@ class Consumer:
     def __init__(self, redis: Redis, keys: Keys, name: str) -> None:
         self._redis = redis
         self._pipe = autopipeline(redis)  # acks share round trips with the jobs' events
+        # Concurrent answers' acks merge: one XACK and one XDEL per stream.
+        self._acks: TickBatch[Delivery] = TickBatch(self._ack_many)
         self._keys = keys
         self.name = name
         # XAUTOCLAIM cursors per stream: each call continues where the last one stopped.
@@ -117,8 +119,14 @@ class Consumer:
 
     async def ack(self, delivery: Delivery) -> None:
         """Done with a message: acknowledge and delete it, so the stream's length is its backlog."""
-        await self._pipe.many(("XACK", delivery.stream, GROUP, delivery.entry_id),
-                              ("XDEL", delivery.stream, delivery.entry_id))
+        await self._acks.add(delivery)
+
+    async def _ack_many(self, deliveries: list[Delivery]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        await self._pipe.many(*(command for stream, ids in by_stream.items()
+                                for command in (("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids))))
 
     async def dead_letter(self, delivery: Delivery, code: str, message: str) -> None:
         """Move a message to the dead-letter stream with its last error, then acknowledge it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from core.autopipeline import autopipeline
+from core.autopipeline import TickBatch, autopipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -18,7 +18,15 @@ class Metrics:
         self._pipe = autopipeline(redis)
         self._key = key
         self.local: Counter[str] = Counter()
+        # The counts of concurrent answers go out as one HINCRBY per counter.
+        self._pending: TickBatch[dict[str, int]] = TickBatch(self._write)
 
     async def incr(self, **counts: int) -> None:
         self.local.update(counts)
-        await self._pipe.many(*(("HINCRBY", self._key, name, value) for name, value in counts.items()))
+        await self._pending.add(counts)
+
+    async def _write(self, counts: list[dict[str, int]]) -> None:
+        total: Counter[str] = Counter()
+        for c in counts:
+            total.update(c)
+        await self._pipe.many(*(("HINCRBY", self._key, name, value) for name, value in total.items()))
