@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import structlog
 
 from core.errors import RagError, StoreLocked
 from core.logs import configure_logging
+from core.loop import run
 from core.settings import load_or_exit
 from workers.worker import Worker
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(Worker(settings, concurrency=args.concurrency, burst=args.burst).run())
+        run(Worker(settings, concurrency=args.concurrency, burst=args.burst).run())
     except StoreLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

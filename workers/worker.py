@@ -309,9 +309,10 @@ class ConsumerLoop:
         assert job is not None
         self.by_job[job.id] = asyncio.current_task()  # type: ignore[assignment]
         self.items[job.id] = item
+        # This task's own context: bound without the cost of bound_contextvars' save and restore.
+        structlog.contextvars.bind_contextvars(job_id=job.id, trace_id=job.trace_id)
         try:
-            with structlog.contextvars.bound_contextvars(job_id=job.id, trace_id=job.trace_id):
-                await self._attempts(item)
+            await self._attempts(item)
         except asyncio.CancelledError:
             if job.id not in self.cancelled:
                 raise  # shutdown past the grace period: the job stays pending for another worker
