@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 from redis.exceptions import RedisError
 
+from core.autopipeline import TickBatch, autopipeline
 from core.protocol import TERMINAL
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class EventHub:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # Subscribers arriving together wake the reader once.
+        self._wakes: TickBatch[None] = TickBatch(self._unblock)
 
     @property
     def open_streams(self) -> int:
@@ -97,10 +100,14 @@ class EventHub:
                 await self._task
 
     async def _wake(self) -> None:
+        if self._reader_id is not None:
+            await self._wakes.add(None)
+
+    async def _unblock(self, _: list[None]) -> None:
         if self._reader_id is None:
             return
         try:
-            await self._redis.client_unblock(self._reader_id)
+            await autopipeline(self._redis).execute_command("CLIENT", "UNBLOCK", self._reader_id)
         except RedisError:
             pass  # the reader times out of its block soon anyway
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
+from core.autopipeline import autopipeline
 from core.errors import BadRequest
 from core.events import EventWriter
 from core.keys import Keys, valid_job_id
@@ -58,7 +59,7 @@ class Jobs:
     async def submit_query(self, request: QueryRequest) -> str:
         query = self.validate(request)
         # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
-        backlog = int(await self.redis.xlen(self.keys.queries))
+        backlog = int(await autopipeline(self.redis).execute_command("XLEN", self.keys.queries))
         if backlog >= self.settings.limits.max_backlog:
             raise Overloaded(
                 f"{backlog} questions are waiting; the limit is {self.settings.limits.max_backlog}. Retry shortly."

@@ -43,11 +43,12 @@ async def relay(
     A client that resumes after the terminal event gets nothing and the stream ends.
     ``on_abandon`` runs when the client goes away before the terminal event.
     """
-    last = await redis.xrevrange(key, count=1)
-    if last:
-        last_id, fields = last[0]
-        if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(after):
-            return
+    if after != "0-0":  # from the start, the hub delivers up to the terminal event itself
+        last = await redis.xrevrange(key, count=1)
+        if last:
+            last_id, fields = last[0]
+            if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(after):
+                return
     sub = await hub.subscribe(key, after)
     finished = False
     try:
