@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from app.hub import EventHub
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, new_job
@@ -194,11 +195,15 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, inflight: int, warm
 
 
 class StreamClient:
-    """Submits query jobs the way the API does (EventWriter.submit) and reads each job's event stream."""
+    """Submits query jobs the way the API does (EventWriter.submit) and reads each job's events
+    the way the API does too: through one EventHub (one XREAD for every open job stream)."""
 
-    def __init__(self, settings: Settings, max_connections: int = 512) -> None:
+    def __init__(self, settings: Settings, max_connections: int = 64) -> None:
         self.settings = settings
         self.redis = connect(settings.redis, max_connections=max_connections)
+        self._reader = connect(settings.redis, max_connections=1)
+        self.hub = EventHub(self.redis, self._reader)
+        self._hub_started = False
         self.keys = Keys(settings.redis.prefix)
         self.events = EventWriter(self.redis, self.keys, settings.limits)
 
@@ -209,23 +214,28 @@ class StreamClient:
 
     async def until(self, job_id: str, stop: frozenset[str] = frozenset({"done", "error", "cancelled"}),
                     timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
-        """(type, data) of the job's events up to the first of ``stop``."""
-        key = self.keys.events(job_id)
-        cursor = b"0-0"
+        """(type, data) of the job's events from its first, up to the first of ``stop``."""
+        if not self._hub_started:
+            self._hub_started = True
+            await self.hub.start()
+        sub = await self.hub.subscribe(self.keys.events(job_id), "0-0")
         events: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            reply = await self.redis.xread({key: cursor}, count=100, block=5000)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    kind = fields[b"type"].decode()
-                    events.append((kind, fields[b"data"]))
+        try:
+            async with asyncio.timeout(timeout_s):
+                while (item := await sub.queue.get()) is not None:
+                    _, kind, data = item
+                    events.append((kind, data.encode()))
                     if kind in stop:
                         return events
-        raise TimeoutError(f"job {job_id}: no {sorted(stop)} event within {timeout_s} s")
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id}: no {sorted(stop)} event within {timeout_s} s") from None
+        finally:
+            self.hub.unsubscribe(sub)
+        raise RuntimeError(f"job {job_id}: its stream ended without {sorted(stop)}: {events[-1:]}")
 
     async def aclose(self) -> None:
+        await self.hub.stop()
+        await self._reader.aclose()
         await self.redis.aclose()
 
 
