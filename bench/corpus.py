@@ -53,6 +53,59 @@ def write_pdfs(folder: Path, *, docs: int, pages: int, words_per_page: int = 300
     return paths
 
 
+def _ruled_table(page: pymupdf.Page, rng: random.Random, top: float, style: int) -> float:
+    """A ruled table of 5 to 12 rows and 3 to 5 columns at ``top``, header row first; returns its bottom.
+
+    Three ways producers draw one: a line per rule (reportlab's grid), a stroked rectangle per
+    cell, and a line per rule under a shaded header row.
+    """
+    cols, rows = rng.randint(3, 5), rng.randint(5, 12)
+    width = 495 / cols
+    xs = [50 + width * c for c in range(cols + 1)]
+    ys = [top + 16 * r for r in range(rows + 1)]
+    header = [rng.choice(_WORDS).capitalize() for _ in range(cols)]
+    body = [[str(rng.randint(1, 99_999)) if c else " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 2)))
+             for c in range(cols)] for _ in range(rows - 1)]
+    shape = page.new_shape()
+    if style == 1:
+        for r in range(rows):
+            for c in range(cols):
+                shape.draw_rect(pymupdf.Rect(xs[c], ys[r], xs[c + 1], ys[r + 1]))
+    else:
+        if style == 2:
+            page.draw_rect(pymupdf.Rect(xs[0], ys[0], xs[-1], ys[1]), color=None, fill=(0.9, 0.9, 0.9))
+        for y in ys:
+            shape.draw_line((xs[0], y), (xs[-1], y))
+        for x in xs:
+            shape.draw_line((x, ys[0]), (x, ys[-1]))
+    shape.finish(width=0.5, color=(0.3, 0.3, 0.3))
+    shape.commit()
+    for r, row in enumerate([header, *body]):
+        for c, cell in enumerate(row):
+            page.insert_text((xs[c] + 3, ys[r] + 11.5), cell, fontsize=8)
+    return ys[-1]
+
+
+def write_table_pdfs(folder: Path, *, docs: int, pages: int, seed: int = 13) -> list[Path]:
+    """Table-heavy PDFs: every page has prose above and below a ruled table (see _ruled_table)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for d in range(docs):
+        doc = pymupdf.open()
+        for number in range(pages):
+            page = doc.new_page()
+            page.insert_textbox(pymupdf.Rect(50, 50, 550, 250), page_text(rng, 120), fontsize=9)
+            bottom = _ruled_table(page, rng, 260, number % 3)
+            page.insert_textbox(pymupdf.Rect(50, bottom + 20, 550, 800), page_text(rng, 120), fontsize=9)
+        doc.set_metadata({"title": f"Generated tables {d + 1}"})
+        path = folder / f"tables-{d + 1:02d}.pdf"
+        doc.save(path)
+        doc.close()
+        paths.append(path)
+    return paths
+
+
 def chunk_texts(count: int, *, words: int = 180, seed: int = 11) -> list[str]:
     """Chunk-sized texts, as the chunker makes them (180 words by default)."""
     rng = random.Random(seed)

@@ -1,7 +1,7 @@
 """Reading PDFs with PyMuPDF: one page at a time, as text blocks in reading order, never the whole document.
 
 A page becomes a list of blocks: paragraphs (MuPDF joins hyphenated line breaks) and
-tables (``page.find_tables()`` as markdown), ordered column by column, with the
+ruled tables (as markdown, see :mod:`ingest.tables`), ordered column by column, with the
 headers and footers that repeat across pages dropped (see :func:`drop_repeats`).
 A page without a text layer is OCRed with Tesseract when it is installed, and is
 otherwise reported as skipped: never silently empty.
@@ -16,20 +16,20 @@ import re
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pymupdf
 import structlog
 from msgspec import Struct
 
+from ingest import tables
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, NotAPdf, TooLarge
 
 log = structlog.get_logger("ingest.pdf")
 
 # "blocks" flags without images, plus MuPDF's own joining of hyphenated line breaks, and
-# vector graphics as blocks of type 3: they tell which pages may hold a ruled table, at no
+# vector graphics as blocks of type 3: ruled tables are read from them (ingest.tables), at no
 # extra cost (a separate get_cdrawings() pass took half as long as the text itself).
 # MuPDF's per-character clipping to the mediabox (TEXT_MEDIABOX_CLIP) costs a tenth of the
 # extraction: blocks wholly off the page are dropped here instead.
@@ -47,7 +47,7 @@ MARGIN = 0.08
 REPEAT_WINDOW = 4
 #: A margin line seen on this many other pages of the window is a header or footer.
 REPEAT_MIN = 2
-#: Line-art paths a page needs before find_tables() (slow) is worth calling.
+#: Line-art paths a page needs before it is worth looking for ruled tables.
 TABLE_MIN_PATHS = 4
 
 
@@ -180,11 +180,10 @@ class PdfReader:
             raw = page.get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP, textpage=ocred)
             blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
             return Page(number, height, reading_order(blocks), ocr=True)
-        # Ruled tables are drawn as lines and rectangles; on a page with (almost) none,
-        # find_tables() (slow; its default "lines" strategy) could find nothing anyway.
+        # Ruled tables are drawn as lines and rectangles: a page with (almost) none has none.
         vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
-        if len(vectors) >= TABLE_MIN_PATHS and _grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
+        if len(vectors) >= TABLE_MIN_PATHS and tables.grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
             blocks = _with_tables(page, blocks, vectors, textpage)
         return Page(number, height, reading_order(blocks))
 
@@ -213,134 +212,17 @@ def _is_scan(page: pymupdf.Page) -> bool:
     return covered / area >= 0.5
 
 
-def _grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type: ignore[type-arg]
-    """At least three horizontal and two vertical rules (lines, or rectangle edges) in the body of
-    the page (between ``top`` and ``bottom``): the least a ruled table has. Underlines, page frames
-    and header or footer rules are not worth a find_tables()."""
-    horizontal: set[int] = set()
-    vertical: set[int] = set()
-    for x0, y0, x1, y1, *_ in vectors:
-        if y1 <= top or y0 >= bottom or (y0 < top and y1 > bottom):
-            continue  # in a margin, or a frame around the whole page
-        w, h = x1 - x0, y1 - y0
-        if h <= 3 and w > 8:
-            horizontal.add(round(y0))
-        elif w <= 3 and h > 8:
-            vertical.add(round(x0))
-        elif w > 3 and h > 3:
-            horizontal.update((round(y0), round(y1)))
-            vertical.update((round(x0), round(x1)))
-    return len(horizontal) >= 3 and len(vertical) >= 2
-
-
-# find_tables() first reads every character of its clip into Python dicts, with Rect, Point
-# and Matrix objects per character (make_chars): four fifths of its time. With the default
-# "lines" strategy it only asks those characters whether a candidate grid holds any text;
-# the cell text is ours (see _markdown). So, inside our own calls only (a context variable:
-# other callers in the process are untouched), characters are filled in from the words of
-# the text page we already have: the same grids on every table of the dossier-bench PDFs,
-# five times faster.
-_WORD_CHARS: ContextVar[pymupdf.TextPage | None] = ContextVar("ingest_word_chars", default=None)
-
-
-def _install_word_chars() -> bool:
-    try:
-        import pymupdf.table as table_module
-    except ImportError:
-        return False
-    table: Any = table_module
-    original = getattr(table, "make_chars", None)
-    chars = getattr(table, "CHARS", None)
-    if original is None or chars is None or not hasattr(chars, "_list") or not hasattr(table, "FLAGS"):
-        return False  # another PyMuPDF: find_tables() as it is
-    if getattr(original, "_ingest_word_chars", False):
-        return True
-
-    def make_chars(page: Any, clip: Any = None) -> None:
-        textpage = _WORD_CHARS.get()
-        if textpage is None:
-            original(page, clip=clip)
-            return
-        out = chars._list()
-        box = pymupdf.Rect(clip if clip is not None else page.rect)
-        cx0, cy0, cx1, cy1 = box.x0, box.y0, box.x1, box.y1
-        for x0, y0, x1, y1, text, *_ in textpage.extractWORDS():
-            if x1 < cx0 or x0 > cx1 or y1 < cy0 or y0 > cy1:
-                continue
-            out.append({"x0": x0, "x1": x1, "y0": y0, "y1": y1, "top": y0, "bottom": y1, "text": text,
-                        "bold": False, "upright": True, "size": y1 - y0, "width": x1 - x0, "height": y1 - y0})
-
-    make_chars._ingest_word_chars = True  # type: ignore[attr-defined]
-    table.make_chars = make_chars
-    return True
-
-
-def _find_tables(page: pymupdf.Page, clip: pymupdf.Rect, textpage: pymupdf.TextPage) -> list[Any]:
-    token = _WORD_CHARS.set(textpage if _install_word_chars() else None)
-    try:
-        try:
-            # Without PyMuPDF 2's layout model (onnx, 30x slower; ruled tables need none of it).
-            return list(page.find_tables(clip=clip, use_layout=False).tables)
-        except TypeError:  # PyMuPDF 1.x: no layout model, no such argument
-            return list(page.find_tables(clip=clip).tables)
-    finally:
-        _WORD_CHARS.reset(token)
-
-
-def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple], textpage: pymupdf.TextPage) -> list[Block]:  # type: ignore[type-arg]
-    """Replace the text blocks inside each table by the table as one markdown block."""
-    clip = pymupdf.Rect(vectors[0][:4])
-    for vector in vectors[1:]:
-        clip |= vector[:4]
-    try:
-        # Only where the line art is: find_tables reads every character in its clip.
-        tables = _find_tables(page, clip + (-2, -2, 2, 2), textpage)
-    except (RuntimeError, ValueError, IndexError, KeyError) as exc:  # a malformed drawing must not lose the page
-        log.info("find_tables_failed", page=page.number + 1, error=str(exc))
+def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple],  # type: ignore[type-arg]
+                 textpage: pymupdf.TextPage) -> list[Block]:
+    """Replace the text blocks inside each ruled table by the table as one markdown block."""
+    found = tables.find(page, vectors, textpage, vector_blocks=_VECTOR_BLOCKS)
+    if not found:
         return blocks
-    if not tables:
-        return blocks
-    out: list[Block] = []
-    boxes = [pymupdf.Rect(t.bbox) for t in tables]
-    for block in blocks:
-        centre = pymupdf.Point((block.x0 + block.x1) / 2, (block.y0 + block.y1) / 2)
-        if not any(centre in box for box in boxes):
-            out.append(block)
-    words = textpage.extractWORDS()
-    for table, box in zip(tables, boxes):
-        markdown = _markdown([list(row.cells) for row in table.rows], words, box)
-        if markdown:
-            out.append(Block(box.x0, box.y0, box.x1, box.y1, markdown, table=True))
+    out = [block for block in blocks
+           if not any(x0 <= (block.x0 + block.x1) / 2 < x1 and y0 <= (block.y0 + block.y1) / 2 < y1
+                      for (x0, y0, x1, y1), _ in found)]
+    out += [Block(*bbox, markdown, table=True) for bbox, markdown in found]
     return out
-
-
-def _markdown(rows: list[list[tuple[float, float, float, float] | None]], words: list[tuple],  # type: ignore[type-arg]
-              box: pymupdf.Rect) -> str:
-    """The table as markdown, first row as header, from the page's words placed into its cells.
-
-    (Table.to_markdown() builds a text page per cell: ten times slower.)
-    """
-    if not rows:
-        return ""
-    tops = [min((c[1] for c in row if c), default=box.y1) for row in rows]
-    order = sorted(range(len(rows)), key=tops.__getitem__)
-    sorted_tops = [tops[i] for i in order]
-    cells: list[list[list[str]]] = [[[] for _ in row] for row in rows]
-    for x0, y0, x1, y1, text, *_ in words:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        if not (box.x0 <= cx <= box.x1 and box.y0 <= cy <= box.y1):
-            continue
-        k = bisect_right(sorted_tops, cy) - 1
-        for r in (order[k],) if k >= 0 else ():
-            for c, cell in enumerate(rows[r]):
-                if cell and cell[0] <= cx <= cell[2] and cell[1] <= cy <= cell[3]:
-                    cells[r][c].append(text)
-                    break
-    lines = ["|" + "|".join(" ".join(cell).replace("|", "\\|") for cell in row) + "|" for row in cells]
-    if not any(any(row) for row in cells):
-        return ""
-    width = len(rows[0])
-    return "\n".join([lines[0], "|" + "---|" * width, *lines[1:]])
 
 
 def reading_order(blocks: list[Block]) -> list[Block]:

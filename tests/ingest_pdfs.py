@@ -64,6 +64,66 @@ def with_table(path: Path, rows: int = 4) -> Path:
     return path
 
 
+def ruled(page: pymupdf.Page, x: float, y: float, rows: list[list[str]], *, width: float = 90,
+          height: float = 18, span_header: bool = False) -> None:
+    """A table ruled with lines, one path as report writers draw it, a text in each cell (an empty
+    string: an empty cell). ``span_header``: the first row is one cell across all columns."""
+    xs = [x + width * c for c in range(len(rows[0]) + 1)]
+    ys = [y + height * r for r in range(len(rows) + 1)]
+    shape = page.new_shape()
+    for y_ in ys:
+        shape.draw_line((xs[0], y_), (xs[-1], y_))
+    for x_ in xs:
+        shape.draw_line((x_, ys[1] if span_header and x_ not in (xs[0], xs[-1]) else ys[0]), (x_, ys[-1]))
+    shape.finish(width=0.5)
+    shape.commit()
+    for r, row in enumerate(rows):
+        for c, text in enumerate(row):
+            if text:
+                page.insert_text((xs[c] + 4, ys[r] + 13), text, fontsize=9)
+
+
+STOCK = [["Item", "Store", "Count"], ["bolts", "Leith", "120"], ["nuts", "Perth", "80"], ["washers", "Ayr", "15"]]
+PRICES = [["Code", "Price"], ["A1", "3.50"], ["B2", "4.75"]]
+PROSE = "Stock is counted every Monday by the store manager and reported to the regional office. " * 3
+
+
+def table_layouts(path: Path) -> Path:
+    """One layout a page: (1) a ruled table between paragraphs, (2) a table with an empty cell,
+    (3) two tables with a paragraph between, (4) a table beside a column of prose, (5) no table:
+    a header rule, a title underline and a framed note, (6) a header cell across all columns."""
+    doc = pymupdf.open()
+
+    def page() -> pymupdf.Page:
+        new = doc.new_page(width=WIDTH, height=HEIGHT)
+        new.insert_text((50, 30), "Stores report", fontsize=9)
+        new.draw_line((50, 36), (545, 36), width=0.5)  # a running header's rule
+        return new
+
+    p = page()
+    p.insert_textbox(pymupdf.Rect(50, 80, 545, 150), "Before the table. " + PROSE, fontsize=10)
+    ruled(p, 50, 170, STOCK)
+    p.insert_textbox(pymupdf.Rect(50, 260, 545, 330), "After the table. " + PROSE, fontsize=10)
+    ruled(page(), 50, 100, [STOCK[0], ["bolts", "", "120"], *STOCK[2:]])
+    p = page()
+    ruled(p, 50, 100, STOCK)
+    p.insert_textbox(pymupdf.Rect(50, 190, 545, 260), "Between the tables. " + PROSE, fontsize=10)
+    ruled(p, 50, 280, PRICES)
+    p = page()
+    ruled(p, 50, 100, STOCK, width=75)
+    p.insert_textbox(pymupdf.Rect(320, 100, 545, 400), "Beside the table. " + PROSE, fontsize=10)
+    p = page()
+    p.insert_text((50, 100), "Stock policy", fontsize=14)
+    p.draw_line((50, 106), (545, 106), width=1)
+    p.insert_textbox(pymupdf.Rect(50, 120, 545, 200), PROSE, fontsize=10)
+    p.draw_rect(pymupdf.Rect(50, 220, 545, 260), width=0.5)
+    p.insert_textbox(pymupdf.Rect(56, 226, 540, 256), "Note: counts exclude returns.", fontsize=10)
+    ruled(page(), 50, 100, [["Stock on 1 May", "", ""], *STOCK], span_header=True)
+    doc.save(path)
+    doc.close()
+    return path
+
+
 def hyphenated(path: Path) -> Path:
     doc = pymupdf.open()
     page = doc.new_page(width=WIDTH, height=HEIGHT)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import IngestSettings
+from ingest import pdf
 from ingest.chunker import Chunk, TokenCounter
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, IngestError, NotAPdf, TooLarge
 from ingest.parse import ParseStats, parse
@@ -137,25 +138,102 @@ def test_reading_order_three_columns_under_a_wide_title() -> None:
 
 
 def test_only_grid_like_line_art_is_searched_for_tables() -> None:
-    from ingest.pdf import _grid_like
+    from ingest.tables import grid_like
 
     frame = [(20, 20, 575, 21), (20, 821, 575, 822), (20, 20, 21, 822), (574, 20, 575, 822)]
     rules = [(50, 50, 545, 51), (50, 800, 545, 801), (50, 300, 545, 301), (50, 320, 545, 321)]  # underlines too
-    assert not _grid_like(frame + rules, 67.0, 775.0)
+    assert not grid_like(frame + rules, 67.0, 775.0)
     cells = [(50 + 100 * c, 160 + 20 * r, 150 + 100 * c, 180 + 20 * r) for r in range(2) for c in range(2)]
-    assert _grid_like(cells, 67.0, 775.0)
+    assert grid_like(cells, 67.0, 775.0)
 
 
-def test_word_chars_find_the_same_tables_and_leave_other_callers_alone(tmp_path: Path, counter, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> list[Page]:
+    path = make.table_layouts(tmp_path_factory.mktemp("tables") / "layouts.pdf")
+    with PdfReader(path, max_bytes=1 << 30) as reader:
+        return list(reader.read())
+
+
+def tables_of(page: Page) -> list[str]:
+    return [b.text for b in page.blocks if b.table]
+
+
+def texts_of(page: Page) -> list[str]:
+    return [" ".join(b.text.split()) for b in page.blocks if not b.table]
+
+
+STOCK_MD = "|Item|Store|Count|\n|---|---|---|\n|bolts|Leith|120|\n|nuts|Perth|80|\n|washers|Ayr|15|"
+
+
+def test_ruled_table_is_one_markdown_block_between_its_paragraphs(layouts: list[Page]) -> None:
+    page = layouts[0]
+    assert tables_of(page) == [STOCK_MD]
+    assert [b.table for b in page.blocks] == [False, False, True, False]  # header, before, table, after
+    assert not any("bolts" in t or "Leith" in t for t in texts_of(page))  # cells are not repeated as text
+
+
+def test_empty_cell_stays_an_empty_cell(layouts: list[Page]) -> None:
+    assert tables_of(layouts[1]) == [STOCK_MD.replace("|bolts|Leith|", "|bolts||")]
+
+
+def test_two_tables_on_one_page_in_order_with_the_text_between(layouts: list[Page]) -> None:
+    page = layouts[2]
+    assert tables_of(page) == [STOCK_MD, "|Code|Price|\n|---|---|\n|A1|3.50|\n|B2|4.75|"]
+    between = [i for i, b in enumerate(page.blocks) if b.text.startswith("Between the tables")]
+    assert [b.table for b in page.blocks[between[0] - 1:between[0] + 2]] == [True, False, True]
+
+
+def test_table_beside_prose_leaves_the_prose_whole(layouts: list[Page]) -> None:
+    page = layouts[3]
+    assert tables_of(page) == [STOCK_MD]
+    [beside] = [t for t in texts_of(page) if t.startswith("Beside the table")]
+    assert beside.endswith("reported to the regional office.") and "bolts" not in beside
+
+
+def test_rules_that_are_no_grid_are_no_table(layouts: list[Page], tmp_path: Path) -> None:
+    # A running header's rule, a title underline and a framed note (one cell): all text stays text.
+    page = layouts[4]
+    assert tables_of(page) == []
+    assert texts_of(page) == ["Stores report", "Stock policy", texts_of(page)[2], "Note: counts exclude returns."]
     import pymupdf
 
-    import ingest.pdf as pdf
+    from ingest import tables
 
-    path = make.with_table(tmp_path / "t.pdf", rows=12)
-    fast, _ = chunks_of(path, counter)
-    monkeypatch.setattr(pdf, "_install_word_chars", lambda: False)
-    slow, _ = chunks_of(path, counter)
-    assert [c.text for c in fast] == [c.text for c in slow] and any("|fruit11|" in c.text for c in fast)
-    with pymupdf.open(path) as doc:  # PyMuPDF's own make_chars outside our calls: full characters
-        [table] = doc[0].find_tables().tables
-        assert table.extract()[1] == ["fruit0", "month0", "100"]
+    path = make.table_layouts(tmp_path / "t.pdf")
+    with pymupdf.open(path) as doc:  # the grid reader itself, past the grid_like() filter
+        textpage = doc[4].get_textpage(flags=pdf.TEXT_FLAGS)
+        vectors = [b for b in textpage.extractBLOCKS() if b[6] == 3]
+        assert len(vectors) >= 3 and tables.find(doc[4], vectors, textpage) == []
+
+
+def test_merged_cells_are_left_to_find_tables(layouts: list[Page]) -> None:
+    assert tables_of(layouts[5]) == ["|Stock on 1 May|||\n|---|---|---|\n" + STOCK_MD.replace("|---|---|---|\n", "")]
+
+
+def test_clean_grids_are_read_without_find_tables_and_as_find_tables_reads_them(tmp_path: Path, monkeypatch) -> None:
+    import pymupdf
+
+    from ingest import tables
+
+    paths = [make.table_layouts(tmp_path / "layouts.pdf"), make.with_table(tmp_path / "cells.pdf", rows=12)]
+    expected = []
+    for path in paths:  # PyMuPDF's own find_tables, with our markdown from its cells
+        with pymupdf.open(path) as doc:
+            for page in doc:
+                words = page.get_text("words")
+                found = page.find_tables(use_layout=False).tables
+                expected.append([tables.markdown([list(r.cells) for r in t.rows], words, tuple(t.bbox)) for t in found])
+    called: list[tuple[str, int]] = []
+    find_tables = pymupdf.Page.find_tables
+
+    def spy(page: pymupdf.Page, *args: object, **kwargs: object) -> object:
+        called.append((page.parent.name.rsplit("/", 1)[-1], page.number + 1))
+        return find_tables(page, *args, **kwargs)
+
+    monkeypatch.setattr(pymupdf.Page, "find_tables", spy)
+    got = []
+    for path in paths:
+        with PdfReader(path, max_bytes=1 << 30) as reader:
+            got += [tables_of(page) for page in reader.read()]
+    assert got == expected and sum(map(len, got)) == 7
+    assert called == [("layouts.pdf", 6)]  # only the merged header cell
