@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -25,7 +25,8 @@ T = TypeVar("T")
 #: Most commands in one pipeline; the rest go in the next round trip.
 MAX_COMMANDS = 1024
 
-_Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+#: A queued command: its arguments, its caller's future, and its script when it is an EVALSHA.
+_Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]", "AsyncScript | None"]
 
 _PIPELINES: weakref.WeakKeyDictionary[Redis, AutoPipeline] = weakref.WeakKeyDictionary()
 
@@ -54,27 +55,29 @@ class AutoPipeline:
 
     async def execute_command(self, *args: Any) -> Any:
         """Queue one command and wait for its reply (or its error)."""
-        return await self._enqueue([args])[0]
+        return await self.send(*args)
 
     async def many(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Queue commands next to each other (they go in the same write); their replies, in order."""
-        return list(await asyncio.gather(*self._enqueue(commands)))
+        return list(await asyncio.gather(*(self.send(*args) for args in commands)))
 
-    def _enqueue(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+    async def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        return await self.send_script(script, keys, args)
+
+    def send_script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """EVALSHA; a server that lost its script cache (a restart) gets the script loaded and run."""
+        return self.send("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
+
+    def send(self, *args: Any, script: AsyncScript | None = None) -> asyncio.Future[Any]:
+        """Queue one command now; the future holds its reply. Futures of commands queued in
+        one go can be gathered without a task each."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        self._queue.extend(zip(commands, futures))
+        future = loop.create_future()
+        self._queue.append((args, future, script))
         if self._flusher is None:
             # It runs on the next loop iteration: whatever is queued in this one goes out with it.
             self._flusher = loop.create_task(self._flush())
-        return futures
-
-    async def script(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-        """EVALSHA in the pipeline; a server that lost its script cache (a restart) gets the script loaded."""
-        try:
-            return await self.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await script(keys=keys, args=args)  # loads it, then runs it
+        return future
 
     async def _flush(self) -> None:
         try:
@@ -82,32 +85,44 @@ class AutoPipeline:
                 batch, self._queue = self._queue[:MAX_COMMANDS], self._queue[MAX_COMMANDS:]
                 await self._send(batch)
         except BaseException:  # cancelled (shutdown): nobody waits forever
-            for _, future in self._queue:
+            for _, future, _ in self._queue:
                 future.cancel()
             self._queue.clear()
             raise
         finally:
             self._flusher = None
 
-    async def _send(self, batch: list[_Queued]) -> None:
+    async def _send(self, batch: list[_Queued], *, reloaded: bool = False) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for args, _ in batch:
+                for args, _, _ in batch:
                     pipe.execute_command(*args)
                 replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - every caller gets the error (Redis away, ...)
             replies = [exc] * len(batch)
         except BaseException:
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.cancel()
             raise
-        for (_, future), reply in zip(batch, replies):
+        missing = [q for q, reply in zip(batch, replies) if isinstance(reply, NoScriptError) and q[2] is not None]
+        if missing and not reloaded and await self._load_scripts(missing):
+            await self._send(missing, reloaded=True)
+        for (_, future, _), reply in zip(batch, replies):
             if future.done():
-                continue  # its caller was cancelled
+                continue  # its caller was cancelled, or it was sent again above
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+    async def _load_scripts(self, missing: list[_Queued]) -> bool:
+        try:
+            for script in {id(q[2]): q[2] for q in missing}.values():
+                await self.redis.script_load(script.script)  # type: ignore[union-attr]
+        except (RedisError, OSError):
+            return False  # the callers get their NOSCRIPT error
+        return True
 
 
 class TickBatch(Generic[T]):

@@ -6,6 +6,7 @@ script, so an event stream can never outlive its TTL or grow without bound.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from core.autopipeline import autopipeline
@@ -121,15 +122,22 @@ class EventWriter:
 
         Raises JobCancelled (after writing the `cancelled` event) if the job was cancelled.
         """
+        entry_id = await self._send(job_id, event, unless_cancelled)
+        if entry_id is None:
+            raise JobCancelled(job_id)
+        return entry_id  # type: ignore[no-any-return]
+
+    async def emit_each(self, events: list[tuple[str, Event]]) -> list[bytes | None]:
+        """One event for each of many jobs, in one round trip; None where the job was cancelled."""
+        return list(await asyncio.gather(*(self._send(job_id, event, True) for job_id, event in events)))
+
+    def _send(self, job_id: str, event: Event, unless_cancelled: bool) -> asyncio.Future[bytes | None]:
         fields = encode_event(event)
-        entry_id = await self._pipe.script(
+        return self._pipe.send_script(
             self._emit,
             self._job_keys(job_id),
             [self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
         )
-        if entry_id is None:
-            raise JobCancelled(job_id)
-        return entry_id  # type: ignore[no-any-return]
 
     async def mark_cancelled(self, job_id: str) -> None:
         """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from contextlib import AsyncExitStack, aclosing
@@ -12,8 +11,7 @@ import structlog
 from msgspec import Struct
 
 from core.errors import BadRequest, RagError
-from core.events import JobCancelled
-from core.protocol import Done, Error, Query, Restart, Source, Sources, Timings, Token, now_ms
+from core.protocol import Done, Error, Event, Query, Restart, Source, Sources, Timings, Token, now_ms
 from workers.generator import Answer
 from workers.store import DEFAULT_COLLECTION, Hit
 from workers.tokens import TokenCoalescer
@@ -113,31 +111,33 @@ class QueryPipeline:
             vectors, limit=limit, collection=[q.collection or DEFAULT_COLLECTION for _, q in valid]
         )
         searched = time.perf_counter()
-        await self._metrics.incr(query_batches=1, query_embed_calls=1, queries_embedded=len(valid), searches=1)
+        self._metrics.incr(query_batches=1, query_embed_calls=1, queries_embedded=len(valid), searches=1)
         log.info("query_batch", size=len(valid), embed_ms=round((embedded - started) * 1000, 1),
                  search_ms=round((searched - embedded) * 1000, 2))
-        async def start(delivery: Delivery, query: Query, hits: list[Hit]) -> Prepared | None:
+        # Every job's sources (after a `restart` for a job claimed again) in one round trip.
+        sources = [to_sources(hits[: q.top_k]) for (_, q), hits in zip(valid, results)]
+        events: list[tuple[str, Event]] = []
+        for (delivery, _), found in zip(valid, sources):
             assert delivery.job is not None
-            sources = to_sources(hits[: query.top_k])
-            try:
-                if delivery.deliveries > 1:
-                    await self._events.emit(delivery.job.id, Restart(delivery=delivery.deliveries))
-                await self._events.emit(delivery.job.id, Sources(sources=sources))
-            except JobCancelled:
+            if delivery.deliveries > 1:
+                events.append((delivery.job.id, Restart(delivery=delivery.deliveries)))
+            events.append((delivery.job.id, Sources(sources=found)))
+        written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
+        prepared: list[Prepared] = []
+        for (delivery, query), found in zip(valid, sources):
+            assert delivery.job is not None
+            if written[delivery.job.id] is None:  # cancelled: `cancelled` is written, nothing more
                 await self._consumer.ack(delivery)
-                await self._metrics.incr(cancelled=1)
-                return None
+                self._metrics.incr(cancelled=1)
+                continue
             timings = Timings(
                 queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
                 embed_ms=round((embedded - started) * 1000, 2),
                 search_ms=round((searched - embedded) * 1000, 2),
                 batch_size=len(valid),
             )
-            return Prepared(delivery, query, sources, timings)
-
-        # Each job's sources go out at once, not one round trip after another.
-        started_jobs = await asyncio.gather(*(start(d, q, h) for (d, q), h in zip(valid, results)))
-        return [p for p in started_jobs if p is not None]
+            prepared.append(Prepared(delivery, query, found, timings))
+        return prepared
 
     async def answer(self, item: Prepared) -> None:
         """Stream the answer's tokens, then ``done``; acknowledge only after ``done`` is written."""
@@ -177,19 +177,19 @@ class QueryPipeline:
         await self._events.emit(
             job.id, Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage, timings=timings)
         )
-        await asyncio.gather(self._consumer.ack(item.delivery),
-                             self._metrics.incr(answers=1, token_events=tokens.flushes))
+        self._metrics.incr(answers=1, token_events=tokens.flushes)
+        await self._consumer.ack(item.delivery)
 
     async def cancelled(self, delivery: Delivery) -> None:
         """The client cancelled: write `cancelled` (once) and drop the job."""
         assert delivery.job is not None
         await self._events.mark_cancelled(delivery.job.id)
         await self._consumer.ack(delivery)
-        await self._metrics.incr(cancelled=1)
+        self._metrics.incr(cancelled=1)
 
     async def fail(self, delivery: Delivery, error: RagError) -> None:
         """Tell the client and dead-letter the job: for permanent errors and exhausted retries."""
         if delivery.job is not None:
             await self._events.emit(delivery.job.id, Error(code=error.code, message=error.message))
         await self._consumer.dead_letter(delivery, error.code, error.message)
-        await self._metrics.incr(failed=1)
+        self._metrics.incr(failed=1)

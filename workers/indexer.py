@@ -89,7 +89,7 @@ class Indexer:
         # upserts) and counts it twice, never loses it.
         await self._events.ingest_progress(job.id, len(points), doc.file)
         await self._consumer.ack(delivery)
-        await self._metrics.incr(ingest_batches=1, ingest_embed_calls=1, chunks_indexed=len(points))
+        self._metrics.incr(ingest_batches=1, ingest_embed_calls=1, chunks_indexed=len(points))
         log.info("ingest_batch", job_id=job.id, file=doc.file, chunks=len(points),
                  embed_ms=round((embedded - started) * 1000, 1),
                  upsert_ms=round((time.perf_counter() - embedded) * 1000, 1))
@@ -108,7 +108,7 @@ class Indexer:
         await self._events.emit(job.id, DocumentEvent(
             status="ready", file=record.file, document_id=document_id, pages=record.pages, chunks=record.chunks,
         ), unless_cancelled=False)
-        await self._metrics.incr(documents_published=1)
+        self._metrics.incr(documents_published=1)
         log.info("document_published", job_id=job.id, file=record.file, document_id=document_id,
                  chunks=record.chunks, replaced=replaces)
 

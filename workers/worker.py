@@ -125,6 +125,7 @@ class Worker:
             )
             self.ready.set()
             await asyncio.gather(*(c.run() for c in loops))
+            await metrics.flush()
             log.info("worker_stopped", **dict(metrics.local))
 
 
