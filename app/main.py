@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub = hub
         app.state.loop = asyncio.get_running_loop()
         await hub.start()
+        gc.freeze()  # what startup loaded lives as long as the process: kept out of full GC passes
         try:
             yield
         finally:
