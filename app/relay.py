@@ -21,6 +21,9 @@ def valid_entry_id(value: str) -> bool:
     return bool(_ENTRY_ID.fullmatch(value))
 
 
+#: Most queued events relayed in one write.
+MAX_EVENTS_PER_WRITE = 256
+
 #: The keepalive comment.
 KEEPALIVE = b": keepalive\n\n"
 
@@ -63,16 +66,24 @@ async def relay(
     try:
         while True:
             try:
-                item = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+                async with asyncio.timeout(keepalive_s):
+                    item = await sub.queue.get()
             except TimeoutError:
                 yield KEEPALIVE
                 continue
-            if item is None:
-                finished = True  # shutdown or too far behind: the client resumes elsewhere
-                return
-            entry_id, kind, data = item
-            yield sse_event(entry_id, kind, data)
-            if kind in TERMINAL:
+            # Events already queued behind it go out in the same write (a client that fell
+            # behind catches up in a few large writes, not thousands of small ones).
+            chunks: list[bytes] = []
+            while item is not None:
+                entry_id, kind, data = item
+                chunks.append(sse_event(entry_id, kind, data))
+                if kind in TERMINAL or sub.queue.empty() or len(chunks) >= MAX_EVENTS_PER_WRITE:
+                    break
+                item = sub.queue.get_nowait()
+            if chunks:
+                yield b"".join(chunks)
+            # None: shutdown, or too far behind (the client resumes elsewhere); or the job ended.
+            if item is None or item[1] in TERMINAL:
                 finished = True
                 return
     finally:
