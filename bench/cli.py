@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import importlib
 import os
@@ -16,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.harness import Context, Row, cpu_model, valkey
+from core.loop import run
 from tests.servers import ROOT
 
 #: name -> (module, what it measures); run in this order.
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             with ExitStack() as stack:
                 ctx = Context(quick=args.quick, tmp=Path(tmp), redis_url=redis_url, stack=stack)
                 try:
-                    got = asyncio.run(module.run(ctx))
+                    # The service's own loop (uvloop) for every load generator, ours and the baselines'.
+                    got = run(module.run(ctx))
                 except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
                     traceback.print_exc()
                     failures.append(name)
