@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
-from core.autopipeline import autopipeline
 from core.errors import BadRequest
 from core.events import EventWriter
 from core.keys import Keys, valid_job_id
@@ -58,14 +57,12 @@ class Jobs:
 
     async def submit_query(self, request: QueryRequest) -> str:
         query = self.validate(request)
-        # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
-        backlog = int(await autopipeline(self.redis).execute_command("XLEN", self.keys.queries))
-        if backlog >= self.settings.limits.max_backlog:
-            raise Overloaded(
-                f"{backlog} questions are waiting; the limit is {self.settings.limits.max_backlog}. Retry shortly."
-            )
         job = new_job(query)
-        await self._events.submit(job, self.keys.queries, {"question": query.question})
+        # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
+        limit = self.settings.limits.max_backlog
+        backlog = await self._events.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
+        if backlog is not None:
+            raise Overloaded(f"{backlog} questions are waiting; the limit is {limit}. Retry shortly.")
         return job.id
 
     async def cancel(self, job_id: str) -> Literal["cancelled", "cancelling"]:

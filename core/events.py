@@ -84,6 +84,16 @@ end
 return 1
 """
 
+# Enqueueing a job unless the stream already holds ``max`` (0: no limit): the check and the
+# XADD in one step, so a burst cannot overshoot the limit. KEYS: stream. ARGV: max, job.
+# Returns -1 when added, else the stream's length.
+_ENQUEUE = """
+local n = redis.call('XLEN', KEYS[1])
+if tonumber(ARGV[1]) > 0 and n >= tonumber(ARGV[1]) then return n end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+return -1
+"""
+
 _CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))["data"]
 
 
@@ -104,6 +114,7 @@ class EventWriter:
         self._progress = redis.register_script(_INGEST_PROGRESS)
         self._emit = redis.register_script(_EMIT)
         self._cancel = redis.register_script(_CANCEL)
+        self._enqueue = redis.register_script(_ENQUEUE)
 
     @property
     def redis(self) -> Redis:
@@ -153,10 +164,19 @@ class EventWriter:
             await self._redis.publish(self._keys.cancels, job_id)
         return int(result)
 
-    async def submit(self, job: Job, stream: str, record: dict[str, str | int]) -> None:
-        """Create the job's record, then enqueue it; the record makes the job id known at once."""
+    async def submit(self, job: Job, stream: str, record: dict[str, str | int], *,
+                     max_backlog: int = 0) -> int | None:
+        """Create the job's record, then enqueue it, in one round trip; the record makes the job
+        id known at once. With ``max_backlog``, a stream already that long refuses the job (its
+        record is deleted): returns that length; None when the job was enqueued."""
         record = {"kind": job.kind, "created_ms": job.created_ms, **record}
-        await self._pipe.many(*self._record(job.id, record), ("XADD", stream, "*", "job", encode_job(job)))
+        futures = [self._pipe.send(*command) for command in self._record(job.id, record)]
+        futures.append(self._pipe.send_script(self._enqueue, [stream], [max_backlog, encode_job(job)]))
+        *_, backlog = await asyncio.gather(*futures)
+        if int(backlog) < 0:
+            return None
+        await self._pipe.execute_command("DEL", self._keys.record(job.id))
+        return int(backlog)
 
     async def create_record(self, job_id: str, record: dict[str, str | int]) -> None:
         await self._pipe.many(*self._record(job_id, record))

@@ -48,3 +48,17 @@ async def test_ingest_finishes_exactly_once(redis: Redis, prefix: str) -> None:
 async def test_empty_ingest_finishes_on_seal(redis: Redis, prefix: str) -> None:
     writer = EventWriter(redis, Keys(prefix), LimitSettings())
     assert await writer.ingest_sealed("empty", 0) is True
+
+
+async def test_submit_refuses_a_job_past_the_backlog_and_leaves_no_record(redis: Redis, prefix: str) -> None:
+    from core.protocol import Query, new_job
+
+    keys = Keys(prefix)
+    events = EventWriter(redis, keys, LimitSettings())
+    jobs = [new_job(Query(question=f"q{i}")) for i in range(5)]
+    # Submitted together (one round trip): the check and the XADD are one step, so no overshoot.
+    results = await asyncio.gather(*(events.submit(job, keys.queries, {"question": "q"}, max_backlog=3)
+                                     for job in jobs))
+    assert results == [None, None, None, 3, 3]
+    assert await redis.xlen(keys.queries) == 3
+    assert [await redis.exists(keys.record(job.id)) for job in jobs] == [1, 1, 1, 0, 0]
