@@ -28,11 +28,11 @@ from multipart import MultipartSegment, ParserError, PushMultipartParser
 from app.errors import NotFound
 from app.jobs import Jobs, links
 from app.schemas import ErrorInfo, Links
+from core.documents import DocumentRecord
 from core.errors import BadRequest
 from core.protocol import new_id
 from ingest.chunker import TokenCounter
 from ingest.producer import DEFAULT_COLLECTION, IngestFile, Producer
-from ingest.registry import DocumentRecord
 
 log = structlog.get_logger("app.documents")
 

@@ -20,7 +20,6 @@ from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, load_settings
 
-
 #: Connections for short commands (submit, status, a stream's first look); callers past it wait.
 #: With the hub's one connection, that bounds what an API process holds, whatever the open streams.
 API_REDIS_CONNECTIONS = 8

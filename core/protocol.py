@@ -54,7 +54,7 @@ class IngestBatch(Struct, frozen=True, tag="ingest", kw_only=True):
     #: The batch's position in its document (0, 1, ...); None: untracked (no document registry).
     seq: int | None = None
     #: Set on a document's last batch: how many batches and chunks the document has. The
-    #: worker that completes the set publishes the document (see ingest.registry).
+    #: worker that completes the set publishes the document (see core.documents).
     batches: int | None = None
     chunks_total: int | None = None
     #: Index into a hidden staging value of ``collection`` until the whole document is in.

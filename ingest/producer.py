@@ -17,6 +17,7 @@ import pymupdf
 import structlog
 from msgspec import Struct
 
+from core.documents import DocumentRecord, Registry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import (
@@ -37,7 +38,6 @@ from ingest.chunker import TokenCounter
 from ingest.errors import FileNotFound, IngestError, NoText
 from ingest.parse import ParseStats, parse
 from ingest.pdf import PdfReader, document_id
-from ingest.registry import DocumentRecord, Registry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

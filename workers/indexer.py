@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from core.documents import Registry
 from core.protocol import DeleteDocument, DocumentEvent, Done, IngestBatch
-from ingest.registry import Registry
 from workers.store import DEFAULT_COLLECTION, PointIn, staging
 
 if TYPE_CHECKING:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.documents import DocumentRecord, Registry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_job
 from core.redis import connect
 from core.settings import LimitSettings, RedisSettings
-from ingest.registry import DocumentRecord, Registry
 from workers.consumer import Consumer, Delivery
 from workers.indexer import Indexer
 from workers.metrics import Metrics
