@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pymupdf
@@ -35,22 +36,31 @@ def page_text(rng: random.Random, words: int) -> str:
     return " ".join(parts)
 
 
-def write_pdfs(folder: Path, *, docs: int, pages: int, words_per_page: int = 300, seed: int = 7) -> list[Path]:
-    """``docs`` PDFs of ``pages`` pages each, ``words_per_page`` words of English-like text per page."""
+def _write(folder: Path, name: str, title: str, *, docs: int, pages: int,
+           fill: Callable[[pymupdf.Page, int], None]) -> list[Path]:
+    """``docs`` PDFs of ``pages`` pages, each page drawn by ``fill(page, number)``."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     paths = []
     for d in range(docs):
         doc = pymupdf.open()
-        for _ in range(pages):
-            page = doc.new_page()
-            page.insert_textbox(pymupdf.Rect(50, 50, 550, 800), page_text(rng, words_per_page), fontsize=9)
-        doc.set_metadata({"title": f"Generated report {d + 1}"})
-        path = folder / f"report-{d + 1:02d}.pdf"
+        for number in range(pages):
+            fill(doc.new_page(), number)
+        doc.set_metadata({"title": f"{title} {d + 1}"})
+        path = folder / f"{name}-{d + 1:02d}.pdf"
         doc.save(path)
         doc.close()
         paths.append(path)
     return paths
+
+
+def write_pdfs(folder: Path, *, docs: int, pages: int, words_per_page: int = 300, seed: int = 7) -> list[Path]:
+    """``docs`` PDFs of ``pages`` pages each, ``words_per_page`` words of English-like text per page."""
+    rng = random.Random(seed)
+
+    def fill(page: pymupdf.Page, _: int) -> None:
+        page.insert_textbox(pymupdf.Rect(50, 50, 550, 800), page_text(rng, words_per_page), fontsize=9)
+
+    return _write(folder, "report", "Generated report", docs=docs, pages=pages, fill=fill)
 
 
 def _ruled_table(page: pymupdf.Page, rng: random.Random, top: float, style: int) -> float:
@@ -88,22 +98,14 @@ def _ruled_table(page: pymupdf.Page, rng: random.Random, top: float, style: int)
 
 def write_table_pdfs(folder: Path, *, docs: int, pages: int, seed: int = 13) -> list[Path]:
     """Table-heavy PDFs: every page has prose above and below a ruled table (see _ruled_table)."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    paths = []
-    for d in range(docs):
-        doc = pymupdf.open()
-        for number in range(pages):
-            page = doc.new_page()
-            page.insert_textbox(pymupdf.Rect(50, 50, 550, 250), page_text(rng, 120), fontsize=9)
-            bottom = _ruled_table(page, rng, 260, number % 3)
-            page.insert_textbox(pymupdf.Rect(50, bottom + 20, 550, 800), page_text(rng, 120), fontsize=9)
-        doc.set_metadata({"title": f"Generated tables {d + 1}"})
-        path = folder / f"tables-{d + 1:02d}.pdf"
-        doc.save(path)
-        doc.close()
-        paths.append(path)
-    return paths
+
+    def fill(page: pymupdf.Page, number: int) -> None:
+        page.insert_textbox(pymupdf.Rect(50, 50, 550, 250), page_text(rng, 120), fontsize=9)
+        bottom = _ruled_table(page, rng, 260, number % 3)
+        page.insert_textbox(pymupdf.Rect(50, bottom + 20, 550, 800), page_text(rng, 120), fontsize=9)
+
+    return _write(folder, "tables", "Generated tables", docs=docs, pages=pages, fill=fill)
 
 
 def chunk_texts(count: int, *, words: int = 180, seed: int = 11) -> list[str]:
