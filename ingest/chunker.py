@@ -7,9 +7,10 @@ under the table's header row.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import accumulate, chain
+from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
 
@@ -78,11 +79,12 @@ class TokenCounter:
 
 
 class _Words(NamedTuple):
-    """A run of words from one unit: separators before each, texts, token counts."""
+    """A run of words from one unit: texts, token counts, and the separator before each paragraph
+    (or table row) as (position of its first word, separator); words within one join with a space."""
 
-    seps: list[str]
     texts: list[str]
     tokens: list[int]
+    breaks: list[tuple[int, str]]
     page: int
     section: str | None
 
@@ -108,7 +110,7 @@ class Chunker:
         window = _Window(self)
         for unit in units:
             if not unit.table:
-                yield from window.add(self._words(unit.text, unit.page, unit.section, unit.sep, " "))
+                yield from window.add(self._words(unit.text, unit.page, unit.section, unit.sep, table=False))
                 continue
             for atomic, words in self._groups(unit):
                 if atomic:
@@ -119,31 +121,17 @@ class Chunker:
         if window.fresh:
             yield window.emit()
 
-    def _words(self, text: str, page: int, section: str | None, first_sep: str, line_sep: str) -> _Words:
-        seps: list[str] = []
+    def _words(self, text: str, page: int, section: str | None, first_sep: str, *, table: bool) -> _Words:
+        """The words of a unit's paragraphs (PARAGRAPH-separated), or of a table's rows (lines)."""
         texts: list[str] = []
-        if line_sep == " ":  # paragraphs: lines join with spaces like words do
-            if PARAGRAPH in text:  # several paragraphs in one unit: each after a line break
-                for paragraph in text.split(PARAGRAPH):
-                    parts = paragraph.split()
-                    if parts:
-                        seps.append("\n" if texts else first_sep)
-                        seps.extend(" " * (len(parts) - 1))
-                        texts.extend(parts)
-            else:
-                texts = text.split()
-                seps = [first_sep, *(" " * (len(texts) - 1))] if texts else []
-            counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
-            return _Words(seps, texts, counts, page, section)
-        for line in text.split("\n"):
-            parts = line.split()
-            if not parts:
-                continue
-            seps.append(line_sep if texts else first_sep)
-            seps.extend(" " * (len(parts) - 1))
-            texts.extend(parts)
+        breaks: list[tuple[int, str]] = []
+        for piece in text.split("\n" if table else PARAGRAPH):
+            parts = piece.split()
+            if parts:
+                breaks.append((len(texts), "\n" if texts else first_sep))
+                texts += parts
         counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
-        return _Words(seps, texts, counts, page, section)
+        return _Words(texts, counts, breaks, page, section)
 
     def _fits(self, words: _Words) -> bool:
         return len(words.texts) <= self.size_words and sum(words.tokens) <= self.size_tokens
@@ -151,38 +139,51 @@ class Chunker:
     def _groups(self, unit: Unit) -> Iterator[tuple[bool, _Words]]:
         """(atomic, words): atomic runs go whole into one chunk."""
         if not unit.table:
-            yield False, self._words(unit.text, unit.page, unit.section, unit.sep, " ")
+            yield False, self._words(unit.text, unit.page, unit.section, unit.sep, table=False)
             return
-        words = self._words(unit.text, unit.page, unit.section, unit.sep, "\n")
+        words = self._words(unit.text, unit.page, unit.section, unit.sep, table=True)
         if self._fits(words):
             yield True, words
             return
         # Too big for one chunk: split between rows, each part under the header row (and its |---| rule).
         lines = [line for line in unit.text.split("\n") if line.strip()]
+        # The words of line k are words.texts[starts[k]:starts[k + 1]] (a break per non-blank line).
+        starts = [pos for pos, _ in words.breaks] + [len(words.texts)]
+        tokens_before = list(accumulate(words.tokens, initial=0))
         rule = len(lines) > 2 and set(lines[1].replace("|", "").strip()) <= {"-", ":", " "}
-        head, body = (lines[:2], lines[2:]) if rule else (lines[:1], lines[1:])
-        part: list[str] = []
-        for line in body:
-            candidate = self._words("\n".join(head + part + [line]), unit.page, unit.section, unit.sep, "\n")
-            if part and not self._fits(candidate):
-                yield True, self._words("\n".join(head + part), unit.page, unit.section, unit.sep, "\n")
-                part = [line]
-            else:
-                part.append(line)
-        rows = self._words("\n".join(head + part), unit.page, unit.section, unit.sep, "\n")
+        h = 2 if rule else 1
+        head_words, head_tokens = starts[h], tokens_before[starts[h]]
+        first = h  # the first body line of the part being filled
+        for k in range(h, len(lines)):
+            # The part's lines and line k under the head: do they fit?
+            n_words = head_words + starts[k + 1] - starts[first]
+            n_tokens = head_tokens + tokens_before[starts[k + 1]] - tokens_before[starts[first]]
+            if k > first and (n_words > self.size_words or n_tokens > self.size_tokens):
+                yield True, self._rows(unit, lines[:h] + lines[first:k])
+                first = k
+        rows = self._rows(unit, lines[:h] + lines[first:])
         yield self._fits(rows), rows
+
+    def _rows(self, unit: Unit, lines: list[str]) -> _Words:
+        return self._words("\n".join(lines), unit.page, unit.section, unit.sep, table=True)
 
 
 class _Window:
-    """The words of the chunk being filled, as parallel lists (a list of tuples per word is slower)."""
+    """The words of the chunk being filled, as parallel lists (a list of tuples per word is slower).
+
+    Separators, pages and sections change rarely along the words: they are kept where they
+    change, by position in the document (``base`` is the position of the window's first word).
+    """
 
     def __init__(self, chunker: Chunker) -> None:
         self.c = chunker
-        self.seps: list[str] = []
         self.texts: list[str] = []
         self.tokens: list[int] = []
-        self.pages: list[int] = []
-        self.sections: list[str | None] = []
+        self.base = 0
+        #: (position, separator before that word) where it is not a space.
+        self.breaks: deque[tuple[int, str]] = deque()
+        #: (position, page, section) of each word whose page or section differs from the word before.
+        self.runs: deque[tuple[int, int, str | None]] = deque()
         self.total = 0
         self.fresh = 0  # words no chunk has carried yet
         self.index = 0
@@ -191,10 +192,19 @@ class _Window:
         return len(self.texts) + n_words <= self.c.size_words and self.total + n_tokens <= self.c.size_tokens
 
     def emit(self) -> Chunk:
-        texts, seps = self.texts, self.seps
-        text = "".join(chain.from_iterable(zip(seps, texts)))[len(seps[0]):]
+        texts, base, breaks, runs = self.texts, self.base, self.breaks, self.runs
+        while breaks and breaks[0][0] <= base:  # the separator before the first word is not in the text
+            breaks.popleft()
+        while len(runs) > 1 and runs[1][0] <= base:
+            runs.popleft()
+        parts: list[str] = []
+        start = 0
+        for pos, sep in breaks:
+            parts += (" ".join(texts[start:pos - base]), sep)
+            start = pos - base
+        parts.append(" ".join(texts[start:]))
         # Pages only grow along a document: the first and last word give the span.
-        chunk = Chunk(text, self.pages[0], self.pages[-1], self.index, self.sections[0])
+        chunk = Chunk("".join(parts), runs[0][1], runs[-1][1], self.index, runs[0][2])
         self.index += 1
         self.fresh = 0
         keep, kept = 0, 0
@@ -209,8 +219,9 @@ class _Window:
     def drop(self, n: int) -> None:
         if n:
             self.total -= sum(self.tokens[:n])
-            for lst in (self.seps, self.texts, self.tokens, self.pages, self.sections):
-                del lst[:n]
+            del self.texts[:n]
+            del self.tokens[:n]
+            self.base += n
 
     def make_room(self, n_words: int, n_tokens: int) -> Iterator[Chunk]:
         """Emit (if anything new is waiting), then drop overlap words until ``n`` more words fit."""
@@ -222,14 +233,21 @@ class _Window:
             self.drop(1)
 
     def extend(self, words: _Words, start: int, end: int) -> None:
-        n = end - start
-        self.seps.extend(words.seps[start:end])
-        self.texts.extend(words.texts[start:end])
-        self.tokens.extend(words.tokens[start:end])
-        self.pages.extend([words.page] * n)
-        self.sections.extend([words.section] * n)
+        if end <= start:
+            return
+        pos = self.base + len(self.texts)  # of words.texts[start]
+        self.texts += words.texts[start:end]
+        self.tokens += words.tokens[start:end]
+        for i in range(bisect_left(words.breaks, (start, "")), len(words.breaks)):
+            at, sep = words.breaks[i]
+            if at >= end:
+                break
+            if sep != " ":
+                self.breaks.append((pos + at - start, sep))
+        if not self.runs or self.runs[-1][1] != words.page or self.runs[-1][2] != words.section:
+            self.runs.append((pos, words.page, words.section))
         self.total += sum(words.tokens[start:end])
-        self.fresh += n
+        self.fresh += end - start
 
     def add(self, words: _Words) -> Iterator[Chunk]:
         i, n = 0, len(words.texts)
