@@ -150,6 +150,14 @@ class EventWriter:
             [self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
         )
 
+    async def last_event_ms(self, job_id: str) -> int | None:
+        """When the job's latest event was written (Redis server time, from its entry id)."""
+        last = await self._redis.xrevrange(self._keys.events(job_id), count=1)
+        if not last:
+            return None
+        entry_id = last[0][0]
+        return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0])
+
     async def mark_cancelled(self, job_id: str) -> None:
         """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""
         try:

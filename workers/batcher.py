@@ -41,6 +41,10 @@ class Batcher:
     def holding(self) -> int:
         return len(self._held)
 
+    @property
+    def held(self) -> list[Delivery]:
+        return list(self._held)
+
     async def next(self, size: int, *, block: bool = True, ingest: bool = True) -> Batch:
         """The next batch, queries first; ``idle`` when nothing arrived within the block timeout.
 

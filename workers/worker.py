@@ -72,6 +72,7 @@ class Worker:
         #: Set once models, store and consumer groups are ready.
         self.ready = asyncio.Event()
         self.metrics: Metrics | None = None
+        self.loops: list[ConsumerLoop] = []
 
     def stop(self) -> None:
         """Stop taking work; in-flight jobs get the grace period."""
@@ -99,7 +100,7 @@ class Worker:
             registry = Registry(redis, self.keys)
             names = await registry.claim_names(self.concurrency)
             stack.push_async_callback(registry.release)
-            loops = [
+            loops = self.loops = [
                 ConsumerLoop(
                     self,
                     Consumer(redis, self.keys, name),
@@ -209,6 +210,8 @@ class ConsumerLoop:
         self.by_job: dict[str, asyncio.Task[None]] = {}
         self.items: dict[str, Prepared] = {}
         self.indexing: asyncio.Task[None] | None = None
+        self.indexing_deliveries: list[Delivery] = []
+        self.events = events
         self.cancelled: set[str] = set()
         self._last_claim = 0.0
         self.log = log.bind(consumer=consumer.name)
@@ -258,11 +261,15 @@ class ConsumerLoop:
                 backoff = min(backoff * 2, 5.0)
 
     async def _index(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                await self.indexer.index(delivery)
-            except Exception as exc:  # noqa: BLE001 - left pending: claimed again after claim_idle_ms
-                self.log.warning("index_failed", error=repr(exc), delivery=delivery.deliveries)
+        self.indexing_deliveries = deliveries
+        try:
+            for delivery in deliveries:
+                try:
+                    await self.indexer.index(delivery)
+                except Exception as exc:  # noqa: BLE001 - left pending: claimed again after claim_idle_ms
+                    self.log.warning("index_failed", error=repr(exc), delivery=delivery.deliveries)
+        finally:
+            self.indexing_deliveries = []
 
     async def _maybe_claim(self) -> None:
         """Take over jobs whose consumer went silent; dead-letter those out of deliveries."""
@@ -275,6 +282,11 @@ class ConsumerLoop:
             claimed = await self.consumer.claim_stale(
                 stream, min_idle_ms=self.settings.claim_idle_ms, count=self.settings.batch_size
             )
+            if not claimed:
+                continue
+            # After a Redis outage longer than claim_idle_ms, live jobs look idle too (their
+            # heartbeat touches failed): never take over one that is still being worked on.
+            claimed = await self._not_in_progress(claimed)
             if not claimed:
                 continue
             self.log.warning("claimed_stale", stream=stream, count=len(claimed))
@@ -292,8 +304,37 @@ class ConsumerLoop:
             for delivery in live if stream == keys.ingest else []:
                 await self.indexer.index(delivery)
 
+    def working_on(self) -> set[bytes]:
+        """Entry ids of the messages this consumer is handling now."""
+        ids = {item.delivery.entry_id for item in self.items.values()}
+        ids.update(d.entry_id for d in self.indexing_deliveries)
+        ids.update(d.entry_id for d in self.batcher.held)
+        return ids
+
+    async def _not_in_progress(self, claimed: list[Delivery]) -> list[Delivery]:
+        """Those of ``claimed`` that no consumer of this process is handling, and whose job
+        stream shows no event within claim_idle_ms (another worker would be writing them)."""
+        ours = set().union(*(loop.working_on() for loop in self.worker.loops))
+        rest = [d for d in claimed if d.entry_id not in ours]
+        queries = [d for d in rest if d.job is not None and d.stream == self.worker.keys.queries]
+        if not queries:
+            return rest
+        seconds, micros = await self.events.redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        recent = set()
+        for delivery in queries:
+            assert delivery.job is not None
+            last = await self.events.last_event_ms(delivery.job.id)
+            if last is not None and now - last < self.settings.claim_idle_ms:
+                recent.add(delivery.entry_id)
+        if recent:
+            self.log.warning("claim_skipped_alive", count=len(recent))
+        return [d for d in rest if d.entry_id not in recent]
+
     async def _start_answers(self, deliveries: list[Delivery]) -> None:
         for item in await self.queries.prepare(deliveries):
+            assert item.delivery.job is not None
+            self.items[item.delivery.job.id] = item  # before the task runs: the claim loop must see it
             task = asyncio.create_task(self._answer(item))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)

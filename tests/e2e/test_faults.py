@@ -46,7 +46,7 @@ def check_answer(events: list[Any]) -> None:
     assert events[-1].event == "done", [e.event for e in events]
     last_restart = max((i for i, e in enumerate(events) if e.event == "restart"), default=-1)
     tokens = "".join(e.json()["text"] for e in events[last_restart + 1:] if e.event == "token")
-    assert tokens == events[-1].json()["answer"]
+    assert tokens == events[-1].json()["answer"], [f"{e.id} {e.event} {e.data[:40]}" for e in events]
     assert len({e.id for e in events}) == len(events), "an event was delivered twice"
 
 
