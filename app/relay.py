@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from core.protocol import TERMINAL
 
 if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
     from redis.asyncio import Redis
 
     from app.hub import EventHub
@@ -27,6 +28,9 @@ MAX_EVENTS_PER_WRITE = 256
 #: The keepalive comment.
 KEEPALIVE = b": keepalive\n\n"
 
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"connection", b"keep-alive"), (b"x-accel-buffering", b"no")]
+
 
 def sse_event(entry_id: str, kind: str, data: str) -> bytes:
     """One SSE event. Framed here, not by Litestar's ServerSentEvent, which hops to a worker
@@ -41,52 +45,88 @@ def _key(a: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def relay(
-    hub: EventHub,
-    redis: Redis,
-    key: str,
-    *,
-    after: str = "0-0",
-    keepalive_s: float = 15.0,
-    on_abandon: Callable[[], None] | None = None,
-) -> AsyncIterator[bytes]:
-    """Events after entry id ``after`` until a terminal event; a comment every ``keepalive_s``.
+class Relay:
+    """The ASGI response relaying one job's events after entry id ``after`` until a terminal
+    event, with a comment every ``keepalive_s``. Route handlers return it; Litestar passes an
+    ASGI app through as it is.
 
-    A client that resumes after the terminal event gets nothing and the stream ends.
-    ``on_abandon`` runs when the client goes away before the terminal event.
+    Not Litestar's ``Stream``: that runs an anyio task group per response and sends the end
+    of the body as a write of its own. Here one small task watches for the client hanging up,
+    and the terminal event and the end of the body go out in one write. A client that
+    resumes after the terminal event gets nothing and the stream ends. ``on_abandon`` runs
+    when the client goes away before the terminal event.
     """
-    if after != "0-0":  # from the start, the hub delivers up to the terminal event itself
-        last = await redis.xrevrange(key, count=1)
-        if last:
-            last_id, fields = last[0]
-            if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(after):
-                return
-    sub = await hub.subscribe(key, after)
-    finished = False
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(keepalive_s):
-                    item = await sub.queue.get()
-            except TimeoutError:
-                yield KEEPALIVE
-                continue
-            # Events already queued behind it go out in the same write (a client that fell
-            # behind catches up in a few large writes, not thousands of small ones).
-            chunks: list[bytes] = []
-            while item is not None:
-                entry_id, kind, data = item
-                chunks.append(sse_event(entry_id, kind, data))
-                if kind in TERMINAL or sub.queue.empty() or len(chunks) >= MAX_EVENTS_PER_WRITE:
-                    break
-                item = sub.queue.get_nowait()
-            if chunks:
-                yield b"".join(chunks)
-            # None: shutdown, or too far behind (the client resumes elsewhere); or the job ended.
-            if item is None or item[1] in TERMINAL:
-                finished = True
-                return
-    finally:
-        hub.unsubscribe(sub)
-        if not finished and on_abandon is not None:
-            on_abandon()
+
+    __slots__ = ("_after", "_headers", "_hub", "_keepalive_s", "_key", "_on_abandon", "_redis")
+
+    def __init__(self, hub: EventHub, redis: Redis, key: str, *, after: str = "0-0", keepalive_s: float = 15.0,
+                 on_abandon: Callable[[], None] | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self._hub = hub
+        self._redis = redis
+        self._key = key
+        self._after = after
+        self._keepalive_s = keepalive_s
+        self._on_abandon = on_abandon
+        self._headers = _SSE_HEADERS + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        task = asyncio.current_task()
+        assert task is not None
+        hung_up = False
+
+        async def watch() -> None:
+            nonlocal hung_up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            hung_up = True
+            task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        finished = False
+        try:
+            finished = await self._relay(send)
+        except asyncio.CancelledError:
+            if not hung_up:
+                raise
+            task.uncancel()
+        finally:
+            watcher.cancel()
+            if not finished and self._on_abandon is not None:
+                self._on_abandon()
+
+    async def _relay(self, send: Send) -> bool:
+        """Send the events; True when the stream ended on our side (terminal event, shutdown, too far behind)."""
+        if self._after != "0-0":  # from the start, the hub delivers up to the terminal event itself
+            last = await self._redis.xrevrange(self._key, count=1)
+            if last:
+                last_id, fields = last[0]
+                if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(self._after):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return True
+        sub = await self._hub.subscribe(self._key, self._after)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._keepalive_s):
+                        item = await sub.queue.get()
+                except TimeoutError:
+                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                    continue
+                # Events already queued behind it go out in the same write (a client that fell
+                # behind catches up in a few large writes, not thousands of small ones).
+                chunks: list[bytes] = []
+                while item is not None:
+                    entry_id, kind, data = item
+                    chunks.append(sse_event(entry_id, kind, data))
+                    if kind in TERMINAL or sub.queue.empty() or len(chunks) >= MAX_EVENTS_PER_WRITE:
+                        break
+                    item = sub.queue.get_nowait()
+                # None: shutdown, or too far behind (the client resumes elsewhere); or the job ended.
+                end = item is None or item[1] in TERMINAL
+                if chunks or end:
+                    await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not end})
+                if end:
+                    return True
+        finally:
+            self._hub.unsubscribe(sub)

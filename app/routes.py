@@ -7,16 +7,14 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from app.errors import InvalidLastEventId
 from app.jobs import Jobs, links
-from app.relay import relay, valid_entry_id
+from app.relay import Relay, valid_entry_id
 from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
 from core.heartbeats import alive_workers
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 SSE = "text/event-stream"
 
 
@@ -41,14 +39,14 @@ class QueryController(Controller):
     async def status(self, state: State, job_id: FromPath[str]) -> JobView:
         return await _jobs(state).view(job_id)
 
-    @get("/queries/{job_id:str}/events", summary="The job's events as Server-Sent Events (resumable)")
+    @get("/queries/{job_id:str}/events", media_type=SSE, summary="The job's events as Server-Sent Events (resumable)")
     async def events(
         self,
         state: State,
         job_id: FromPath[str],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         after: Annotated[str | None, QueryParameter(name="after", required=False)] = None,
-    ) -> Stream:
+    ) -> Relay:
         jobs = _jobs(state)
         await jobs.require(job_id)
         cursor = last_event_id if last_event_id is not None else after
@@ -58,27 +56,22 @@ class QueryController(Controller):
                 raise InvalidLastEventId(
                     f"Last-Event-ID {cursor[:64]!r} is not an event id of this service (expected like 1700000000000-0)"
                 )
-        return Stream(
-            relay(state.hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
-                  keepalive_s=jobs.settings.api.keepalive_s),
-            media_type=SSE, headers=SSE_HEADERS,
-        )
+        return Relay(state.hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
+                     keepalive_s=jobs.settings.api.keepalive_s)
 
     @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now")
     async def cancel(self, state: State, job_id: FromPath[str]) -> Response[Cancelling]:
         status = await _jobs(state).cancel(job_id)
         return Response(Cancelling(id=job_id, status=status, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
 
-    @post("/ask", status_code=200, summary="Ask and stream the answer as Server-Sent Events in one request")
-    async def ask(self, state: State, data: JSONBody[QueryRequest]) -> Stream:
+    @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request")
+    async def ask(self, state: State, data: JSONBody[QueryRequest]) -> Relay:
         jobs = _jobs(state)
         job_id = await jobs.submit_query(data)
-        return Stream(
-            # A client that hangs up before the end cancels the job: nobody would read the answer.
-            relay(state.hub, jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s,
-                  on_abandon=lambda: jobs.cancel_soon(job_id)),
-            media_type=SSE, headers={**SSE_HEADERS, "X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"},
-        )
+        # A client that hangs up before the end cancels the job: nobody would read the answer.
+        return Relay(state.hub, jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s,
+                     on_abandon=lambda: jobs.cancel_soon(job_id),
+                     headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})
 
 
 @get("/healthz", tags=["health"], summary="The process is up")
