@@ -40,7 +40,7 @@ def _text(fields: dict[bytes, bytes], name: str) -> str:
 
 class DeadLetterController(Controller):
     path = "/v1/dead"
-    tags = ["dead letters"]
+    tags = ("dead letters",)
 
     @get("/", summary="Jobs that failed for good, newest first")
     async def list_dead(

@@ -171,7 +171,7 @@ async def receive_upload(request: Request[Any, Any, Any], folder: Path, max_byte
 
 class DocumentController(Controller):
     path = "/v1/documents"
-    tags = ["documents"]
+    tags = ("documents",)
 
     @post("/", status_code=HTTP_202_ACCEPTED, request_max_body_size=None,
           summary="Upload a PDF (multipart, part 'file'; optional 'collection', 'force'): an ingest job")

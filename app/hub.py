@@ -36,7 +36,7 @@ def _id(entry_id: bytes | str) -> tuple[int, int]:
 
 
 class Subscription:
-    __slots__ = ("key", "cursor", "queue")
+    __slots__ = ("cursor", "key", "queue")
 
     def __init__(self, key: str, after: str) -> None:
         self.key = key

@@ -24,7 +24,7 @@ def _jobs(state: State) -> Jobs:
 
 class QueryController(Controller):
     path = "/v1"
-    tags = ["queries"]
+    tags = ("queries",)
 
     @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job")
     async def submit(self, state: State, data: JSONBody[QueryRequest]) -> Response[Accepted]:

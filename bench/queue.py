@@ -123,13 +123,16 @@ async def http_load(url: str, ctx: Context, inflight: int) -> Load:
                 conn.transport.close()
 
 
-async def ours(ctx: Context, inflight: int = INFLIGHT, http: bool = True,
-               **overrides: str) -> tuple[Load, Load | None]:
-    """(a) Redis Streams only, (b) the HTTP API with SSE; one worker process, one API process."""
+async def ours(ctx: Context, *, inflight: int = INFLIGHT, http: bool = True,
+               overrides: dict[str, str] | None = None) -> tuple[Load, Load | None]:
+    """(a) Redis Streams only, (b) the HTTP API with SSE; one worker process, one API process.
+
+    ``overrides`` are settings for the worker and the API, as ``service_env`` takes them.
+    """
     work = ctx.dir("queue")
     fake = start_fake_openai(ctx, work / "fake.log")
     env = service_env(ctx.redis_url, ctx.prefix("queue"), work / "data",
-                      embedder_backend="openai", embedder_base_url=fake, **overrides)
+                      embedder_backend="openai", embedder_base_url=fake, **(overrides or {}))
     worker = start_worker(ctx, env, work / "worker.log")
     streams = await streams_load(ctx, env, inflight)
     sse = None
@@ -223,11 +226,11 @@ SIZED = {"worker_max_generations": str(INFLIGHT), "worker_batch_size": str(INFLI
 
 
 async def run(ctx: Context) -> list[Row]:
-    streams, sse = await ours(ctx, **SIZED)
+    streams, sse = await ours(ctx, overrides=SIZED)
     assert sse is not None
     streams_default, _ = await ours(ctx, http=False)
     lone_default, _ = await ours(ctx, inflight=1, http=False)
-    lone_nowait, _ = await ours(ctx, inflight=1, http=False, worker_batch_wait_ms="0")
+    lone_nowait, _ = await ours(ctx, inflight=1, http=False, overrides={"worker_batch_wait_ms": "0"})
     rq_load = await asyncio.to_thread(rq, ctx)
     arq_tuned = await arq(ctx, worker_poll=0.005, max_jobs=INFLIGHT, result_poll=0.005)
     arq_default = await arq(ctx, worker_poll=0.5, max_jobs=10, result_poll=0.5)

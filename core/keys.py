@@ -15,7 +15,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Keys:
-    __slots__ = ("prefix", "queries", "ingest", "dead", "metrics", "workers", "cancels", "documents", "sources")
+    __slots__ = ("cancels", "dead", "documents", "ingest", "metrics", "prefix", "queries", "sources", "workers")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Final, Literal, Union
+from typing import Final, Literal
 
 import msgspec
 from msgspec import Struct
@@ -72,7 +72,7 @@ class DeleteDocument(Struct, frozen=True, tag="delete_document", kw_only=True):
     report: bool = True
 
 
-Payload = Union[Query, IngestBatch, DeleteDocument]
+Payload = Query | IngestBatch | DeleteDocument
 
 
 class Job(Struct, frozen=True, kw_only=True):
@@ -209,7 +209,7 @@ class Cancelled(Struct, frozen=True, tag="cancelled", tag_field="type", kw_only=
     reason: str = "cancelled"
 
 
-Event = Union[Sources, Token, Progress, DocumentEvent, Restart, Done, Error, Cancelled]
+Event = Sources | Token | Progress | DocumentEvent | Restart | Done | Error | Cancelled
 EventType = Literal["sources", "token", "progress", "document", "restart", "done", "error", "cancelled"]
 TERMINAL: Final = frozenset({"done", "error", "cancelled"})
 

@@ -22,7 +22,7 @@ def parse_sse(text: str) -> list[SSE]:
             if not line or line.startswith(":"):
                 continue
             name, _, value = line.partition(":")
-            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+            fields.setdefault(name, []).append(value.removeprefix(" "))
         if "data" in fields:
             events.append(SSE(fields.get("id", [None])[0], fields.get("event", ["message"])[0],
                               json.loads("\n".join(fields["data"]))))

@@ -225,7 +225,7 @@ class ServerStore:
                     await self._client.create_payload_index(
                         self._collection, "index", models.PayloadSchemaType.INTEGER
                     )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - qdrant-client raises transport-specific types (HTTP, gRPC)
             if "already exists" in str(exc):
                 return  # another replica created it first
             raise Unavailable(f"Qdrant is unavailable: {exc}", code="qdrant_unavailable") from None

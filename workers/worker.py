@@ -255,7 +255,7 @@ class ConsumerLoop:
                 self.log.warning("loop_error", error=str(exc), backoff_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one bad batch
+            except Exception as exc:
                 self.log.exception("loop_crash", error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -400,7 +400,7 @@ class ConsumerLoop:
         if not busy:
             return
         self.log.info("draining", inflight=len(busy))
-        done, pending = await asyncio.wait(busy, timeout=self.settings.shutdown_grace_s)
+        _, pending = await asyncio.wait(busy, timeout=self.settings.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:

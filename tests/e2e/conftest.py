@@ -26,7 +26,7 @@ class Service(msgspec.Struct):
 
     def ingest(self, *paths: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ingest", "--json", *map(str, paths)], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
+                              check=False, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
 
 
 def start_worker(env: dict[str, str], log: Path, *args: str) -> Proc:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def ingest(service, *args: str) -> tuple[int, list[dict[str, Any]], str]:  # type: ignore[no-untyped-def]
-    run = subprocess.run([sys.executable, "-m", "ingest", *args], env=service.env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "ingest", *args], env=service.env, check=False, capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     return run.returncode, lines, run.stderr
@@ -44,7 +44,7 @@ def test_cli_batch_reingest_and_delete(service_factory, tmp_path: Path) -> None:
     assert code == 0 and [r["status"] for r in lines if r["event"] == "file"] == ["unchanged"]
 
     # The human output: a summary table, the unchanged note.
-    run = subprocess.run([sys.executable, "-m", "ingest", str(good)], env=service.env, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "ingest", str(good)], env=service.env, check=False, capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0 and "ingest summary" in run.stderr and "unchanged" in run.stderr
 

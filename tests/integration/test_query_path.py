@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from app.main import create_app
@@ -16,8 +16,8 @@ from core.keys import Keys
 from core.redis import connect
 from ingest.producer import Producer
 from tests.conftest import make_settings
-from tests.servers import ThreadedUvicorn
 from tests.pdfs import FACTS, write_pdf
+from tests.servers import ThreadedUvicorn
 from tests.sse import parse_sse
 from tests.workers_inproc import running_worker
 
@@ -121,18 +121,17 @@ async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path:
 
     settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="openai",
                              llm_base_url=f"http://127.0.0.1:{free_port()}/v1", worker_max_deliveries="1")
-    async with running_worker(settings):
-        async with api_client(settings) as client:
-            events = parse_sse((await client.post("/v1/ask", json={"question": "anyone home?"})).text)
-            assert [e.event for e in events] == ["sources", "error"]
-            assert events[-1].data["code"] == "llm_unavailable"
-            job_id = events[0].id and (await client.post("/v1/queries", json={"question": "again?"})).json()["id"]
-            for _ in range(200):
-                status = (await client.get(f"/v1/queries/{job_id}")).json()
-                if status["status"] == "failed":
-                    break
-                await asyncio.sleep(0.05)
-            assert status["error"]["code"] == "llm_unavailable"
+    async with running_worker(settings), api_client(settings) as client:
+        events = parse_sse((await client.post("/v1/ask", json={"question": "anyone home?"})).text)
+        assert [e.event for e in events] == ["sources", "error"]
+        assert events[-1].data["code"] == "llm_unavailable"
+        job_id = events[0].id and (await client.post("/v1/queries", json={"question": "again?"})).json()["id"]
+        for _ in range(200):
+            status = (await client.get(f"/v1/queries/{job_id}")).json()
+            if status["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert status["error"]["code"] == "llm_unavailable"
     redis = Redis.from_url(settings.redis.url)
     dead = await redis.xrange(Keys(prefix).dead)
     await redis.aclose()
@@ -140,8 +139,7 @@ async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path:
 
 
 async def test_permanent_llm_error_is_not_retried(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    async with running_worker(settings):
-        async with api_client(settings) as client:
-            events = parse_sse((await client.post("/v1/ask", json={"question": "please FAIL_PERMANENT"})).text)
+    async with running_worker(settings), api_client(settings) as client:
+        events = parse_sse((await client.post("/v1/ask", json={"question": "please FAIL_PERMANENT"})).text)
     assert [e.event for e in events] == ["sources", "error"]
     assert events[-1].data["code"] == "llm_bad_request"

@@ -11,7 +11,7 @@ README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
-    rows = dict(re.findall(r"^\| `(RAG_[A-Z_]+)` \| ([^|]+) \|", README, flags=re.M))
+    rows = dict(re.findall(r"^\| `(RAG_[A-Z_]+)` \| ([^|]+) \|", README, flags=re.MULTILINE))
     assert set(rows) == set(env_names())
     for var, path in env_names().items():
         value: object = Settings()
