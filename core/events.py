@@ -138,6 +138,10 @@ class EventWriter:
             raise JobCancelled(job_id)
         return entry_id  # type: ignore[no-any-return]
 
+    def job(self, job_id: str) -> JobEvents:
+        """A writer for one job's events that does not wait for each reply (see JobEvents)."""
+        return JobEvents(self, job_id)
+
     async def emit_each(self, events: list[tuple[str, Event]]) -> list[bytes | None]:
         """One event for each of many jobs, in one round trip; None where the job was cancelled."""
         return list(await asyncio.gather(*(self._send(job_id, event, True) for job_id, event in events)))
@@ -208,3 +212,47 @@ class EventWriter:
     async def _run_progress(self, job_id: str, chunks: int, total: str, file: str) -> int:
         keys = [self._keys.record(job_id), self._keys.events(job_id)]
         return int(await self._pipe.script(self._progress, keys, [chunks, total, file, self._maxlen, self._ttl]))
+
+
+class JobEvents:
+    """One job's events, written in order without waiting for each reply before going on.
+
+    ``emit`` sends its event, then waits for the reply to the previous one: the next LLM
+    token is read while this one is on its way, and the last token and ``done`` share a
+    round trip. At most two writes are in flight, so a cancelled job stops within a token.
+    Raises JobCancelled (its `cancelled` event written) once a reply says the job was cancelled.
+    """
+
+    __slots__ = ("_job_id", "_pending", "_writer")
+
+    def __init__(self, writer: EventWriter, job_id: str) -> None:
+        self._writer = writer
+        self._job_id = job_id
+        self._pending: asyncio.Future[bytes | None] | None = None
+
+    async def emit(self, event: Event) -> None:
+        previous, self._pending = self._pending, self._writer._send(self._job_id, event, True)
+        await self._check(previous)
+
+    async def settle(self) -> None:
+        """Wait until every event emitted so far is written."""
+        pending, self._pending = self._pending, None
+        await self._check(pending)
+
+    async def _check(self, reply: asyncio.Future[bytes | None] | None) -> None:
+        if reply is None:
+            return
+        try:
+            written = await reply
+        except BaseException:
+            self._forget()
+            raise
+        if written is None:
+            self._forget()
+            raise JobCancelled(self._job_id)
+
+    def _forget(self) -> None:
+        """Whatever became of the write still in flight, nobody will ask: not an unretrieved error."""
+        if self._pending is not None:
+            self._pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._pending = None

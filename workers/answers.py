@@ -161,9 +161,11 @@ class QueryPipeline:
         first_token = 0.0
         result = Answer()
 
+        events = self._events.job(job.id)
+
         async def emit(text: str) -> None:
             item.streamed = True
-            await self._events.emit(job.id, Token(text=text))
+            await events.emit(Token(text=text))
 
         tokens = TokenCoalescer(emit, self._settings.worker.token_flush_ms)
         # Background (ingest) embedding waits until this answer's first token (again, on a retry).
@@ -191,9 +193,9 @@ class QueryPipeline:
             total_ms=float(now_ms() - job.created_ms),
             batch_size=item.timings.batch_size,
         )
-        await self._events.emit(
-            job.id, Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage, timings=timings)
-        )
+        await events.emit(Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage,
+                               timings=timings))
+        await events.settle()
         self._metrics.incr(answers=1, token_events=tokens.flushes)
         await self._consumer.ack(item.delivery)
 

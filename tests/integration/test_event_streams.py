@@ -62,3 +62,31 @@ async def test_submit_refuses_a_job_past_the_backlog_and_leaves_no_record(redis:
     assert results == [None, None, None, 3, 3]
     assert await redis.xlen(keys.queries) == 3
     assert [await redis.exists(keys.record(job.id)) for job in jobs] == [1, 1, 1, 0, 0]
+
+
+async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: str) -> None:
+    from core.events import JobCancelled
+
+    keys = Keys(prefix)
+    writer = EventWriter(redis, keys, LimitSettings())
+    await writer.create_record("j", {"kind": "query"})
+    events = writer.job("j")
+    # Emitted without waiting for each reply: written in order all the same.
+    for i in range(50):
+        await events.emit(Token(text=f"t{i}"))
+    await events.settle()
+    entries = await redis.xrange(keys.events("j"))
+    assert [decode_event(f[b"data"]) for _, f in entries] == [Token(text=f"t{i}") for i in range(50)]
+
+    # Cancelled with writes in flight: one `cancelled` event, nothing after it, and the writer is told.
+    assert await writer.cancel("j") == 1
+    raised = False
+    try:
+        await events.emit(Token(text="late"))
+        await events.emit(Done(answer="late"))
+        await events.settle()
+    except JobCancelled:
+        raised = True
+    assert raised
+    kinds = [f[b"type"] for _, f in await redis.xrange(keys.events("j"))]
+    assert kinds[50:] == [b"cancelled"]
