@@ -66,7 +66,7 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
     ``vectors`` are the page's vector blocks (type 3 in ``extractBLOCKS``), or, where
     PyMuPDF has none (``vector_blocks`` false), the rectangles of its drawings.
     """
-    words = textpage.extractWORDS()
+    words = _words_near(textpage, vectors)
     art = _line_art(vectors) if vector_blocks else None
     frames = _frames(art.paths, words) if art is not None else []
     grids = _grids(art, frames) if art is not None else None
@@ -79,6 +79,44 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
         if text:
             out.append(Table(bbox, text))
     return out
+
+
+#: How far above and below the line art words are read: a word is cut short there only if it is
+#: taller than this (see _words_near).
+WORDS_MARGIN = 24.0
+
+
+def _words_near(textpage: pymupdf.TextPage, vectors: list[tuple]) -> list[Word]:  # type: ignore[type-arg]
+    """The words of the band of the page the line art spans (with a margin above and below).
+
+    Only words there are used: tables and frames lie within the line art (find_tables' fallback
+    too: it is clipped to it). extractWORDS keeps the characters that overlap the text page's
+    rect, the clip a text page is made with: narrowing it to the band, for this one call, spares
+    building every word of the page as a Python tuple (most of the page is prose around a table).
+    It still walks every character, in C. Only the height is narrowed, so a word is cut short only
+    when it sticks out of the band, which a word inside the band can only do by being taller than
+    WORDS_MARGIN. PyMuPDF without that field (its older bindings) reads the whole page.
+    """
+    top = min(v[1] for v in vectors) - WORDS_MARGIN
+    bottom = max(v[3] for v in vectors) + WORDS_MARGIN
+    try:
+        stext = textpage.this.m_internal
+        saved = stext.mediabox
+        page_box = (saved.x0, saved.y0, saved.x1, saved.y1)
+    except AttributeError:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    if top <= page_box[1] and bottom >= page_box[3]:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    band = pymupdf.mupdf.fz_rect()
+    band.x0, band.x1 = page_box[0], page_box[2]
+    band.y0, band.y1 = max(top, page_box[1]), min(bottom, page_box[3])
+    stext.mediabox = band
+    try:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    finally:
+        restored = pymupdf.mupdf.fz_rect()
+        restored.x0, restored.y0, restored.x1, restored.y1 = page_box
+        stext.mediabox = restored
 
 
 Grid = tuple[Rect, list[list[Rect | None]]]  # bbox, rows of cells (None where a merged cell spans)
