@@ -15,7 +15,7 @@ Python objects (4.5 ms a table page, ten times get_text); this takes 0.25 ms, wo
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Any, NamedTuple
 
 import pymupdf
@@ -66,7 +66,7 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
     ``vectors`` are the page's vector blocks (type 3 in ``extractBLOCKS``), or, where
     PyMuPDF has none (``vector_blocks`` false), the rectangles of its drawings.
     """
-    words = textpage.extractWORDS()
+    words = _words_near(textpage, vectors)
     art = _line_art(vectors) if vector_blocks else None
     frames = _frames(art.paths, words) if art is not None else []
     grids = _grids(art, frames) if art is not None else None
@@ -79,6 +79,44 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
         if text:
             out.append(Table(bbox, text))
     return out
+
+
+#: How far above and below the line art words are read: a word is cut short there only if it is
+#: taller than this (see _words_near).
+WORDS_MARGIN = 24.0
+
+
+def _words_near(textpage: pymupdf.TextPage, vectors: list[tuple]) -> list[Word]:  # type: ignore[type-arg]
+    """The words of the band of the page the line art spans (with a margin above and below).
+
+    Only words there are used: tables and frames lie within the line art (find_tables' fallback
+    too: it is clipped to it). extractWORDS keeps the characters that overlap the text page's
+    rect, the clip a text page is made with: narrowing it to the band, for this one call, spares
+    building every word of the page as a Python tuple (most of the page is prose around a table).
+    It still walks every character, in C. Only the height is narrowed, so a word is cut short only
+    when it sticks out of the band, which a word inside the band can only do by being taller than
+    WORDS_MARGIN. PyMuPDF without that field (its older bindings) reads the whole page.
+    """
+    top = min(v[1] for v in vectors) - WORDS_MARGIN
+    bottom = max(v[3] for v in vectors) + WORDS_MARGIN
+    try:
+        stext = textpage.this.m_internal
+        saved = stext.mediabox
+        page_box = (saved.x0, saved.y0, saved.x1, saved.y1)
+    except AttributeError:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    if top <= page_box[1] and bottom >= page_box[3]:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    band = pymupdf.mupdf.fz_rect()
+    band.x0, band.x1 = page_box[0], page_box[2]
+    band.y0, band.y1 = max(top, page_box[1]), min(bottom, page_box[3])
+    stext.mediabox = band
+    try:
+        return textpage.extractWORDS()  # type: ignore[no-any-return]
+    finally:
+        restored = pymupdf.mupdf.fz_rect()
+        restored.x0, restored.y0, restored.x1, restored.y1 = page_box
+        stext.mediabox = restored
 
 
 Grid = tuple[Rect, list[list[Rect | None]]]  # bbox, rows of cells (None where a merged cell spans)
@@ -226,6 +264,11 @@ def _merge(edges: list[Edge]) -> list[Edge]:
         j = i + 1
         while j < n and edges[j][0] <= edges[j - 1][0] + TOLERANCE:
             j += 1
+        if j == i + 1:  # a rule drawn once (most are): nothing to snap or join
+            if edges[i][2] - edges[i][1] >= TOLERANCE:
+                out.append(edges[i])
+            i = j
+            continue
         pos = sum(e[0] for e in edges[i:j]) / (j - i)
         spans = sorted((lo, hi) for _, lo, hi in edges[i:j])
         lo, hi = spans[0]
@@ -255,10 +298,16 @@ def _crossing(horizontal: list[Edge], vertical: list[Edge]) -> list[tuple[list[E
 
     n = len(horizontal)
     t = TOLERANCE
+    xs = [x for x, _, _ in vertical]  # sorted: _merge returns edges by position
     for i, (y, hx0, hx1) in enumerate(horizontal):
-        for j, (x, vy0, vy1) in enumerate(vertical, start=n):
-            if vy0 <= y + t and vy1 >= y - t and hx0 - t <= x <= hx1 + t:
-                parent[root(i)] = root(j)
+        # Only the vertical edges within the horizontal one's reach can cross it.
+        r = root(i)
+        for j in range(bisect_left(xs, hx0 - t), bisect_right(xs, hx1 + t)):
+            _, vy0, vy1 = vertical[j]
+            if vy0 <= y + t and vy1 >= y - t:
+                rj = root(n + j)
+                if rj != r:
+                    parent[rj] = r
     groups: dict[int, tuple[list[Edge], list[Edge]]] = {}
     for i, edge in enumerate(horizontal):
         groups.setdefault(root(i), ([], []))[0].append(edge)
@@ -299,17 +348,18 @@ def markdown(rows: list[list[Rect | None]], words: list[Word], box: Rect) -> str
     order = sorted(range(len(rows)), key=tops.__getitem__)
     sorted_tops = [tops[i] for i in order]
     cells: list[list[list[str]]] = [[[] for _ in row] for row in rows]
-    near = [w for w in words if w[2] >= bx0 and w[0] <= bx1 and w[3] >= by0 and w[1] <= by1]
-    for x0, y0, x1, y1, text, *_ in near:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        if not (bx0 <= cx <= bx1 and by0 <= cy <= by1):
-            continue
+    # Each word goes by its centre: only centres inside the table count (most of the words are outside).
+    centres = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2, w[4]) for w in words
+               if bx0 <= (w[0] + w[2]) / 2 <= bx1 and by0 <= (w[1] + w[3]) / 2 <= by1]
+    for cx, cy, text in centres:
         k = bisect_right(sorted_tops, cy) - 1
-        for r in (order[k],) if k >= 0 else ():
-            for c, cell in enumerate(rows[r]):
-                if cell and cell[0] <= cx <= cell[2] and cell[1] <= cy <= cell[3]:
-                    cells[r][c].append(text)
-                    break
+        if k < 0:
+            continue
+        r = order[k]
+        for c, cell in enumerate(rows[r]):
+            if cell and cell[0] <= cx <= cell[2] and cell[1] <= cy <= cell[3]:
+                cells[r][c].append(text)
+                break
     lines = ["|" + "|".join(" ".join(cell).replace("|", "\\|") for cell in row) + "|" for row in cells]
     if not any(any(row) for row in cells):
         return ""

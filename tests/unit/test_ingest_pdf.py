@@ -237,3 +237,22 @@ def test_clean_grids_are_read_without_find_tables_and_as_find_tables_reads_them(
             got += [tables_of(page) for page in reader.read()]
     assert got == expected and sum(map(len, got)) == 7
     assert called == [("layouts.pdf", 6)]  # only the merged header cell
+
+
+def test_words_near_the_line_art_are_the_pages_words_there_and_leave_the_text_page_whole(tmp_path: Path) -> None:
+    import pymupdf
+
+    from ingest import tables
+
+    with pymupdf.open(make.table_layouts(tmp_path / "layouts.pdf")) as doc:
+        for page in doc:
+            textpage = page.get_textpage(flags=pdf.TEXT_FLAGS)
+            vectors = [b for b in textpage.extractBLOCKS() if b[6] == 3]
+            if not vectors:
+                continue
+            every = textpage.extractWORDS()
+            top = min(v[1] for v in vectors) - tables.WORDS_MARGIN
+            bottom = max(v[3] for v in vectors) + tables.WORDS_MARGIN
+            near = tables._words_near(textpage, vectors)
+            assert near == [w for w in every if w[3] > top and w[1] < bottom]
+            assert textpage.rect == page.rect and textpage.extractWORDS() == every  # the clip is put back
