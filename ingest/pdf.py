@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 import pymupdf
 import structlog
@@ -163,7 +163,10 @@ class PdfReader:
     def _read_page(self, page: pymupdf.Page, number: int, ocr: OcrOptions | None, folder: str | None) -> Page:
         textpage = page.get_textpage(flags=TEXT_FLAGS)
         raw = textpage.extractBLOCKS()
-        x0, y0, x1, y1 = page.rect
+        # Text comes in the unrotated page's coordinates: clip against that page, and turn the
+        # blocks upright below, before reading order and margins are judged.
+        rotated = page.rotation % 360 != 0
+        x0, y0, x1, y1 = page.rect * page.derotation_matrix if rotated else page.rect
         height = y1 - y0
         blocks = [Block(b[0], b[1], b[2], b[3], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
                   for b in raw if b[6] == _TEXT and b[2] > x0 and b[0] < x1 and b[3] > y0 and b[1] < y1
@@ -185,12 +188,15 @@ class PdfReader:
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
         if len(vectors) >= TABLE_MIN_PATHS and tables.grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
             blocks = _with_tables(page, blocks, vectors, textpage)
+        if rotated:
+            blocks = _upright(blocks, page.rotation_matrix)
+            height = page.rect.height
         return Page(number, height, reading_order(blocks))
 
     def close(self) -> None:
         self._doc.close()
 
-    def __enter__(self) -> PdfReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -210,6 +216,15 @@ def _is_scan(page: pymupdf.Page) -> bool:
     area = abs(page.rect) or 1.0
     covered = sum(abs(pymupdf.Rect(info["bbox"]) & page.rect) for info in page.get_image_info())
     return covered / area >= 0.5
+
+
+def _upright(blocks: list[Block], matrix: pymupdf.Matrix) -> list[Block]:
+    """Blocks in the coordinates of the page as displayed (its /Rotate applied)."""
+    out = []
+    for block in blocks:
+        r = pymupdf.Rect(block.x0, block.y0, block.x1, block.y1) * matrix
+        out.append(block._replace(x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1))
+    return out
 
 
 def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple],  # type: ignore[type-arg]

@@ -12,8 +12,15 @@ RIGHT_TEXT = ("Omega column sentence about Seville oranges and bitter marmalade.
 
 
 def _header_footer(page: pymupdf.Page, number: int) -> None:
-    page.insert_text((50, 30), "ACME Quarterly Report - Confidential", fontsize=9)
-    page.insert_text((270, 820), f"Page {number}", fontsize=9)
+    page.insert_text(pymupdf.Point(50, 30) * page.derotation_matrix, "ACME Quarterly Report - Confidential",
+                     fontsize=9, rotate=page.rotation)
+    page.insert_text(pymupdf.Point(270, 820) * page.derotation_matrix, f"Page {number}", fontsize=9,
+                     rotate=page.rotation)
+
+
+def _textbox(page: pymupdf.Page, rect: pymupdf.Rect, text: str, fontsize: float) -> None:
+    """Text upright as the page is displayed, whatever its /Rotate."""
+    page.insert_textbox(rect * page.derotation_matrix, text, fontsize=fontsize, rotate=page.rotation)
 
 
 def paragraphs(seed: int, n: int = 3, words: int = 60) -> list[str]:
@@ -23,16 +30,20 @@ def paragraphs(seed: int, n: int = 3, words: int = 60) -> list[str]:
             for p in range(n)]
 
 
-def two_columns(path: Path, pages: int = 3) -> Path:
-    """A full-width title, then two columns of different text; a header and a footer on every page."""
+def two_columns(path: Path, pages: int = 3, rotate: int = 0) -> Path:
+    """A full-width title, then two columns of different text; a header and a footer on every page.
+
+    ``rotate``: the pages are stored turned (landscape for 90 and 270) with a /Rotate that shows
+    them upright, as scanners and some generators write them.
+    """
     doc = pymupdf.open()
     for n in range(1, pages + 1):
-        page = doc.new_page(width=WIDTH, height=HEIGHT)
+        page = doc.new_page(width=HEIGHT, height=WIDTH) if rotate % 180 else doc.new_page(width=WIDTH, height=HEIGHT)
+        page.set_rotation(rotate)
         _header_footer(page, n)
-        page.insert_textbox(pymupdf.Rect(50, 80, 545, 105), f"Chapter {n}: a title across both columns",
-                            fontsize=14)
-        page.insert_textbox(pymupdf.Rect(50, 110, 290, 780), LEFT_TEXT, fontsize=10)
-        page.insert_textbox(pymupdf.Rect(305, 110, 545, 780), RIGHT_TEXT, fontsize=10)
+        _textbox(page, pymupdf.Rect(50, 80, 545, 105), f"Chapter {n}: a title across both columns", 14)
+        _textbox(page, pymupdf.Rect(50, 110, 290, 780), LEFT_TEXT, 10)
+        _textbox(page, pymupdf.Rect(305, 110, 545, 780), RIGHT_TEXT, 10)
     doc.set_metadata({"title": "Two columns"})
     doc.save(path)
     doc.close()

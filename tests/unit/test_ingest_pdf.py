@@ -26,8 +26,10 @@ def chunks_of(path: Path, counter: TokenCounter, **settings: object) -> tuple[li
         return list(parse(reader, IngestSettings(**settings), counter, stats)), stats  # type: ignore[arg-type]
 
 
-def test_two_columns_read_column_by_column_without_headers_and_footers(tmp_path: Path, counter) -> None:
-    chunks, stats = chunks_of(make.two_columns(tmp_path / "cols.pdf", pages=3), counter)
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+def test_two_columns_read_column_by_column_without_headers_and_footers(tmp_path: Path, counter, rotate: int) -> None:
+    # Rotated pages: MuPDF gives text in the unrotated page's coordinates, ours are the page as shown.
+    chunks, stats = chunks_of(make.two_columns(tmp_path / "cols.pdf", pages=3, rotate=rotate), counter)
     text = "\n".join(c.text for c in chunks)
     assert stats.pages == 3
     for n in (1, 2, 3):
