@@ -7,7 +7,7 @@ under the table's header row.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
@@ -18,6 +18,9 @@ from msgspec import Struct
 
 #: Separates the paragraphs of one unit (the ASCII record separator: never in extracted text).
 PARAGRAPH = "\x1e"
+#: Stand for a separator other than a space before a word inside a window, until the chunk's text is
+#: joined: whitespace, so never part of a word (words are split on whitespace).
+MARKS = "\x1c\x1d\x1e\x1f\x0b\x0c\x85\u2028\u2029"
 #: Per-word token counts cached before the cache is emptied (bounds memory on huge vocabularies).
 CACHE_WORDS = 200_000
 
@@ -80,7 +83,8 @@ class TokenCounter:
 
 class _Words(NamedTuple):
     """A run of words from one unit: texts, token counts, and the separator before each paragraph
-    (or table row) as (position of its first word, separator); words within one join with a space."""
+    (or table row) as (position of its first word, separator); words within one join with a space.
+    The first word of a paragraph starts with its separator's mark (none for a space)."""
 
     texts: list[str]
     tokens: list[int]
@@ -105,6 +109,16 @@ class Chunker:
         if self.overlap_tokens >= self.size_tokens:
             raise ValueError(f"overlap_tokens ({overlap_tokens}) must be smaller than chunk_tokens ({size_tokens})")
         self.counter = counter
+        #: separator -> its mark (MARKS), as they are met.
+        self.marks: dict[str, str] = {}
+
+    def _mark(self, sep: str) -> str:
+        mark = self.marks.get(sep)
+        if mark is None:
+            if len(self.marks) == len(MARKS) or any(m in sep for m in MARKS):
+                raise ValueError(f"unsupported separator {sep!r}")
+            mark = self.marks[sep] = MARKS[len(self.marks)]
+        return mark
 
     def chunks(self, units: Iterable[Unit]) -> Iterator[Chunk]:
         window = _Window(self)
@@ -131,6 +145,9 @@ class Chunker:
                 breaks.append((len(texts), "\n" if texts else first_sep))
                 texts += parts
         counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
+        for pos, sep in breaks:
+            if sep != " ":
+                texts[pos] = self._mark(sep) + texts[pos]
         return _Words(texts, counts, breaks, page, section)
 
     def _fits(self, words: _Words) -> bool:
@@ -171,8 +188,9 @@ class Chunker:
 class _Window:
     """The words of the chunk being filled, as parallel lists (a list of tuples per word is slower).
 
-    Separators, pages and sections change rarely along the words: they are kept where they
-    change, by position in the document (``base`` is the position of the window's first word).
+    Words join with a space; a word after another separator starts with its mark (Chunker.marks).
+    Pages and sections change rarely along the words: they are kept where they change, by
+    position in the document (``base`` is the position of the window's first word).
     """
 
     def __init__(self, chunker: Chunker) -> None:
@@ -180,8 +198,6 @@ class _Window:
         self.texts: list[str] = []
         self.tokens: list[int] = []
         self.base = 0
-        #: (position, separator before that word) where it is not a space.
-        self.breaks: deque[tuple[int, str]] = deque()
         #: (position, page, section) of each word whose page or section differs from the word before.
         self.runs: deque[tuple[int, int, str | None]] = deque()
         self.total = 0
@@ -192,19 +208,16 @@ class _Window:
         return len(self.texts) + n_words <= self.c.size_words and self.total + n_tokens <= self.c.size_tokens
 
     def emit(self) -> Chunk:
-        texts, base, breaks, runs = self.texts, self.base, self.breaks, self.runs
-        while breaks and breaks[0][0] <= base:  # the separator before the first word is not in the text
-            breaks.popleft()
+        texts, base, runs = self.texts, self.base, self.runs
         while len(runs) > 1 and runs[1][0] <= base:
             runs.popleft()
-        parts: list[str] = []
-        start = 0
-        for pos, sep in breaks:
-            parts += (" ".join(texts[start:pos - base]), sep)
-            start = pos - base
-        parts.append(" ".join(texts[start:]))
+        text = " ".join(texts)
+        if text[:1] in MARKS:  # the separator before the first word is not in the text
+            text = text[1:]
+        for sep, mark in self.c.marks.items():
+            text = text.replace(" " + mark, sep)
         # Pages only grow along a document: the first and last word give the span.
-        chunk = Chunk("".join(parts), runs[0][1], runs[-1][1], self.index, runs[0][2])
+        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2])
         self.index += 1
         self.fresh = 0
         keep, kept = 0, 0
@@ -238,12 +251,6 @@ class _Window:
         pos = self.base + len(self.texts)  # of words.texts[start]
         self.texts += words.texts[start:end]
         self.tokens += words.tokens[start:end]
-        for i in range(bisect_left(words.breaks, (start, "")), len(words.breaks)):
-            at, sep = words.breaks[i]
-            if at >= end:
-                break
-            if sep != " ":
-                self.breaks.append((pos + at - start, sep))
         if not self.runs or self.runs[-1][1] != words.page or self.runs[-1][2] != words.section:
             self.runs.append((pos, words.page, words.section))
         self.total += sum(words.tokens[start:end])
