@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,13 +82,13 @@ class TokenCounter:
 
 
 class _Words(NamedTuple):
-    """A run of words from one unit: texts, token counts, and the separator before each paragraph
-    (or table row) as (position of its first word, separator); words within one join with a space.
-    The first word of a paragraph starts with its separator's mark (none for a space)."""
+    """A run of words from one unit: texts, token counts, and the position of each paragraph's (or
+    table row's) first word. Words within one join with a space; the first word of a paragraph starts
+    with its separator's mark (the unit's ``sep`` for the first, else a newline; none for a space)."""
 
     texts: list[str]
     tokens: list[int]
-    breaks: list[tuple[int, str]]
+    starts: list[int]
     page: int
     section: str | None
 
@@ -138,17 +138,19 @@ class Chunker:
     def _words(self, text: str, page: int, section: str | None, first_sep: str, *, table: bool) -> _Words:
         """The words of a unit's paragraphs (PARAGRAPH-separated), or of a table's rows (lines)."""
         texts: list[str] = []
-        breaks: list[tuple[int, str]] = []
-        for piece in text.split("\n" if table else PARAGRAPH):
-            parts = piece.split()
+        starts: list[int] = []
+        for parts in map(str.split, text.split("\n" if table else PARAGRAPH)):
             if parts:
-                breaks.append((len(texts), "\n" if texts else first_sep))
+                starts.append(len(texts))
                 texts += parts
         counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
-        for pos, sep in breaks:
-            if sep != " ":
-                texts[pos] = self._mark(sep) + texts[pos]
-        return _Words(texts, counts, breaks, page, section)
+        if starts:
+            if first_sep != " ":
+                texts[0] = self._mark(first_sep) + texts[0]
+            mark = self._mark("\n")
+            for pos in islice(starts, 1, None):
+                texts[pos] = mark + texts[pos]
+        return _Words(texts, counts, starts, page, section)
 
     def _fits(self, words: _Words) -> bool:
         return len(words.texts) <= self.size_words and sum(words.tokens) <= self.size_tokens
@@ -165,7 +167,7 @@ class Chunker:
         # Too big for one chunk: split between rows, each part under the header row (and its |---| rule).
         lines = [line for line in unit.text.split("\n") if line.strip()]
         # The words of line k are words.texts[starts[k]:starts[k + 1]] (a break per non-blank line).
-        starts = [pos for pos, _ in words.breaks] + [len(words.texts)]
+        starts = [*words.starts, len(words.texts)]
         tokens_before = list(accumulate(words.tokens, initial=0))
         rule = len(lines) > 2 and set(lines[1].replace("|", "").strip()) <= {"-", ":", " "}
         h = 2 if rule else 1
