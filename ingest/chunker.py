@@ -222,12 +222,9 @@ class _Window:
         chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2])
         self.index += 1
         self.fresh = 0
-        keep, kept = 0, 0
-        for n in reversed(self.tokens):
-            if keep + 1 > self.c.overlap_words or kept + n > self.c.overlap_tokens:
-                break
-            keep += 1
-            kept += n
+        # The most last words within both overlap limits (token counts are never negative).
+        tail = self.tokens[len(texts) - self.c.overlap_words:] if len(texts) > self.c.overlap_words else self.tokens
+        keep = bisect_right(list(accumulate(reversed(tail))), self.c.overlap_tokens)
         self.drop(len(texts) - keep)
         return chunk
 
