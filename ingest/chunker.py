@@ -264,11 +264,12 @@ class _Window:
     def add(self, words: _Words) -> Iterator[Chunk]:
         i, n = 0, len(words.texts)
         counts = words.tokens
+        before = list(accumulate(counts, initial=0))  # tokens before each word
         while i < n:
-            # As many words as fit, in one slice.
+            # As many words as fit, in one slice: the last end with before[end] - before[i] <= room_tokens.
             room_words = self.c.size_words - len(self.texts)
             room_tokens = self.c.size_tokens - self.total
-            end = i + min(room_words, bisect_right(list(accumulate(counts[i:i + room_words])), room_tokens))
+            end = bisect_right(before, before[i] + room_tokens, i, min(n, i + room_words) + 1) - 1
             if end > i:
                 self.extend(words, i, end)
                 i = end
