@@ -230,8 +230,14 @@ class _Window:
         self.fresh = 0
         # The most last words within both overlap limits (token counts are never negative).
         tail = self.tokens[len(texts) - self.c.overlap_words:] if len(texts) > self.c.overlap_words else self.tokens
-        keep = bisect_right(list(accumulate(reversed(tail))), self.c.overlap_tokens)
-        self.drop(len(texts) - keep)
+        kept = list(accumulate(reversed(tail)))  # tokens of the last 1, 2, ... words
+        keep = bisect_right(kept, self.c.overlap_tokens)
+        n = len(texts) - keep
+        if n:
+            del texts[:n]
+            del self.tokens[:n]
+            self.base += n
+            self.total = kept[keep - 1] if keep else 0
         return chunk
 
     def drop(self, n: int) -> None:
@@ -250,7 +256,8 @@ class _Window:
         while self.texts and not self.fits(n_words, n_tokens):
             self.drop(1)
 
-    def extend(self, words: _Words, start: int, end: int) -> None:
+    def extend(self, words: _Words, start: int, end: int, n_tokens: int | None = None) -> None:
+        """Add words[start:end] (of ``n_tokens`` tokens, when known)."""
         if end <= start:
             return
         pos = self.base + len(self.texts)  # of words.texts[start]
@@ -258,7 +265,7 @@ class _Window:
         self.tokens += words.tokens[start:end]
         if not self.runs or self.runs[-1][1] != words.page or self.runs[-1][2] != words.section:
             self.runs.append((pos, words.page, words.section))
-        self.total += sum(words.tokens[start:end])
+        self.total += sum(words.tokens[start:end]) if n_tokens is None else n_tokens
         self.fresh += end - start
 
     def add(self, words: _Words) -> Iterator[Chunk]:
@@ -271,7 +278,7 @@ class _Window:
             room_tokens = self.c.size_tokens - self.total
             end = bisect_right(before, before[i] + room_tokens, i, min(n, i + room_words) + 1) - 1
             if end > i:
-                self.extend(words, i, end)
+                self.extend(words, i, end, before[end] - before[i])
                 i = end
             if i < n:
                 yield from self.make_room(1, counts[i])
