@@ -134,8 +134,9 @@ class Chunker:
                 continue
             for atomic, words in self._groups(unit):
                 if atomic:
-                    yield from window.make_room(len(words.texts), sum(words.tokens))
-                    window.extend(words, 0, len(words.texts))
+                    n_tokens = sum(words.tokens)
+                    yield from window.make_room(len(words.texts), n_tokens)
+                    window.extend(words, 0, len(words.texts), n_tokens)
                 else:
                     yield from window.add(words)
         if window.fresh:
