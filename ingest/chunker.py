@@ -117,6 +117,8 @@ class Chunker:
         self.counter = counter
         #: separator -> its mark (MARKS), as they are met.
         self.marks: dict[str, str] = {}
+        #: (space and mark, separator) per mark, to restore the separators in a chunk's text.
+        self.unmark: list[tuple[str, str]] = []
 
     def _mark(self, sep: str) -> str:
         mark = self.marks.get(sep)
@@ -124,6 +126,7 @@ class Chunker:
             if len(self.marks) == len(MARKS) or any(m in sep for m in MARKS):
                 raise ValueError(f"unsupported separator {sep!r}")
             mark = self.marks[sep] = MARKS[len(self.marks)]
+            self.unmark.append((" " + mark, sep))
         return mark
 
     def chunks(self, units: Iterable[Unit]) -> Iterator[Chunk]:
@@ -223,8 +226,8 @@ class _Window:
         text = " ".join(texts)
         if text[:1] in MARKS:  # the separator before the first word is not in the text
             text = text[1:]
-        for sep, mark in self.c.marks.items():
-            text = text.replace(" " + mark, sep)
+        for marked, sep in self.c.unmark:
+            text = text.replace(marked, sep)
         # Pages only grow along a document: the first and last word give the span.
         chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2])
         self.index += 1
