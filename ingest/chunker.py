@@ -7,10 +7,11 @@ under the table's header row.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +19,9 @@ from msgspec import Struct
 
 #: Separates the paragraphs of one unit (the ASCII record separator: never in extracted text).
 PARAGRAPH = "\x1e"
+#: Stand for a separator other than a space before a word inside a window, until the chunk's text is
+#: joined: whitespace, so never part of a word (words are split on whitespace).
+MARKS = "\x1c\x1d\x1e\x1f\x0b\x0c\x85\u2028\u2029"
 #: Per-word token counts cached before the cache is emptied (bounds memory on huge vocabularies).
 CACHE_WORDS = 200_000
 
@@ -66,6 +70,11 @@ class TokenCounter:
 
     def counts(self, words: list[str]) -> list[int]:
         cache = self._cache
+        if len(words) > 1:  # itemgetter of one key returns the bare value
+            try:
+                return list(itemgetter(*words)(cache))  # all cached: the usual case, and the fastest lookup
+            except KeyError:
+                pass
         out: list[int | None] = list(map(cache.get, words))
         if None in out:
             if len(cache) > CACHE_WORDS:
@@ -79,12 +88,13 @@ class TokenCounter:
 
 
 class _Words(NamedTuple):
-    """A run of words from one unit: texts, token counts, and the separator before each paragraph
-    (or table row) as (position of its first word, separator); words within one join with a space."""
+    """A run of words from one unit: texts, token counts, and the position of each paragraph's (or
+    table row's) first word. Words within one join with a space; the first word of a paragraph starts
+    with its separator's mark (the unit's ``sep`` for the first, else a newline; none for a space)."""
 
     texts: list[str]
     tokens: list[int]
-    breaks: list[tuple[int, str]]
+    starts: list[int]
     page: int
     section: str | None
 
@@ -105,6 +115,19 @@ class Chunker:
         if self.overlap_tokens >= self.size_tokens:
             raise ValueError(f"overlap_tokens ({overlap_tokens}) must be smaller than chunk_tokens ({size_tokens})")
         self.counter = counter
+        #: separator -> its mark (MARKS), as they are met.
+        self.marks: dict[str, str] = {}
+        #: (space and mark, separator) per mark, to restore the separators in a chunk's text.
+        self.unmark: list[tuple[str, str]] = []
+
+    def _mark(self, sep: str) -> str:
+        mark = self.marks.get(sep)
+        if mark is None:
+            if len(self.marks) == len(MARKS) or any(m in sep for m in MARKS):
+                raise ValueError(f"unsupported separator {sep!r}")
+            mark = self.marks[sep] = MARKS[len(self.marks)]
+            self.unmark.append((" " + mark, sep))
+        return mark
 
     def chunks(self, units: Iterable[Unit]) -> Iterator[Chunk]:
         window = _Window(self)
@@ -114,8 +137,9 @@ class Chunker:
                 continue
             for atomic, words in self._groups(unit):
                 if atomic:
-                    yield from window.make_room(len(words.texts), sum(words.tokens))
-                    window.extend(words, 0, len(words.texts))
+                    n_tokens = sum(words.tokens)
+                    yield from window.make_room(len(words.texts), n_tokens)
+                    window.extend(words, 0, len(words.texts), n_tokens)
                 else:
                     yield from window.add(words)
         if window.fresh:
@@ -124,14 +148,19 @@ class Chunker:
     def _words(self, text: str, page: int, section: str | None, first_sep: str, *, table: bool) -> _Words:
         """The words of a unit's paragraphs (PARAGRAPH-separated), or of a table's rows (lines)."""
         texts: list[str] = []
-        breaks: list[tuple[int, str]] = []
-        for piece in text.split("\n" if table else PARAGRAPH):
-            parts = piece.split()
+        starts: list[int] = []
+        for parts in map(str.split, text.split("\n" if table else PARAGRAPH)):
             if parts:
-                breaks.append((len(texts), "\n" if texts else first_sep))
+                starts.append(len(texts))
                 texts += parts
         counts = self.counter.counts(texts) if self.counter is not None else [1] * len(texts)
-        return _Words(texts, counts, breaks, page, section)
+        if starts:
+            if first_sep != " ":
+                texts[0] = self._mark(first_sep) + texts[0]
+            mark = self._mark("\n")
+            for pos in islice(starts, 1, None):
+                texts[pos] = mark + texts[pos]
+        return _Words(texts, counts, starts, page, section)
 
     def _fits(self, words: _Words) -> bool:
         return len(words.texts) <= self.size_words and sum(words.tokens) <= self.size_tokens
@@ -148,7 +177,7 @@ class Chunker:
         # Too big for one chunk: split between rows, each part under the header row (and its |---| rule).
         lines = [line for line in unit.text.split("\n") if line.strip()]
         # The words of line k are words.texts[starts[k]:starts[k + 1]] (a break per non-blank line).
-        starts = [pos for pos, _ in words.breaks] + [len(words.texts)]
+        starts = [*words.starts, len(words.texts)]
         tokens_before = list(accumulate(words.tokens, initial=0))
         rule = len(lines) > 2 and set(lines[1].replace("|", "").strip()) <= {"-", ":", " "}
         h = 2 if rule else 1
@@ -171,8 +200,9 @@ class Chunker:
 class _Window:
     """The words of the chunk being filled, as parallel lists (a list of tuples per word is slower).
 
-    Separators, pages and sections change rarely along the words: they are kept where they
-    change, by position in the document (``base`` is the position of the window's first word).
+    Words join with a space; a word after another separator starts with its mark (Chunker.marks).
+    Pages and sections change rarely along the words: they are kept where they change, by
+    position in the document (``base`` is the position of the window's first word).
     """
 
     def __init__(self, chunker: Chunker) -> None:
@@ -180,8 +210,6 @@ class _Window:
         self.texts: list[str] = []
         self.tokens: list[int] = []
         self.base = 0
-        #: (position, separator before that word) where it is not a space.
-        self.breaks: deque[tuple[int, str]] = deque()
         #: (position, page, section) of each word whose page or section differs from the word before.
         self.runs: deque[tuple[int, int, str | None]] = deque()
         self.total = 0
@@ -192,28 +220,28 @@ class _Window:
         return len(self.texts) + n_words <= self.c.size_words and self.total + n_tokens <= self.c.size_tokens
 
     def emit(self) -> Chunk:
-        texts, base, breaks, runs = self.texts, self.base, self.breaks, self.runs
-        while breaks and breaks[0][0] <= base:  # the separator before the first word is not in the text
-            breaks.popleft()
+        texts, base, runs = self.texts, self.base, self.runs
         while len(runs) > 1 and runs[1][0] <= base:
             runs.popleft()
-        parts: list[str] = []
-        start = 0
-        for pos, sep in breaks:
-            parts += (" ".join(texts[start:pos - base]), sep)
-            start = pos - base
-        parts.append(" ".join(texts[start:]))
+        text = " ".join(texts)
+        if text[:1] in MARKS:  # the separator before the first word is not in the text
+            text = text[1:]
+        for marked, sep in self.c.unmark:
+            text = text.replace(marked, sep)
         # Pages only grow along a document: the first and last word give the span.
-        chunk = Chunk("".join(parts), runs[0][1], runs[-1][1], self.index, runs[0][2])
+        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2])
         self.index += 1
         self.fresh = 0
-        keep, kept = 0, 0
-        for n in reversed(self.tokens):
-            if keep + 1 > self.c.overlap_words or kept + n > self.c.overlap_tokens:
-                break
-            keep += 1
-            kept += n
-        self.drop(len(texts) - keep)
+        # The most last words within both overlap limits (token counts are never negative).
+        tail = self.tokens[len(texts) - self.c.overlap_words:] if len(texts) > self.c.overlap_words else self.tokens
+        kept = list(accumulate(reversed(tail)))  # tokens of the last 1, 2, ... words
+        keep = bisect_right(kept, self.c.overlap_tokens)
+        n = len(texts) - keep
+        if n:
+            del texts[:n]
+            del self.tokens[:n]
+            self.base += n
+            self.total = kept[keep - 1] if keep else 0
         return chunk
 
     def drop(self, n: int) -> None:
@@ -232,33 +260,29 @@ class _Window:
         while self.texts and not self.fits(n_words, n_tokens):
             self.drop(1)
 
-    def extend(self, words: _Words, start: int, end: int) -> None:
+    def extend(self, words: _Words, start: int, end: int, n_tokens: int | None = None) -> None:
+        """Add words[start:end] (of ``n_tokens`` tokens, when known)."""
         if end <= start:
             return
         pos = self.base + len(self.texts)  # of words.texts[start]
         self.texts += words.texts[start:end]
         self.tokens += words.tokens[start:end]
-        for i in range(bisect_left(words.breaks, (start, "")), len(words.breaks)):
-            at, sep = words.breaks[i]
-            if at >= end:
-                break
-            if sep != " ":
-                self.breaks.append((pos + at - start, sep))
         if not self.runs or self.runs[-1][1] != words.page or self.runs[-1][2] != words.section:
             self.runs.append((pos, words.page, words.section))
-        self.total += sum(words.tokens[start:end])
+        self.total += sum(words.tokens[start:end]) if n_tokens is None else n_tokens
         self.fresh += end - start
 
     def add(self, words: _Words) -> Iterator[Chunk]:
         i, n = 0, len(words.texts)
         counts = words.tokens
+        before = list(accumulate(counts, initial=0))  # tokens before each word
         while i < n:
-            # As many words as fit, in one slice.
+            # As many words as fit, in one slice: the last end with before[end] - before[i] <= room_tokens.
             room_words = self.c.size_words - len(self.texts)
             room_tokens = self.c.size_tokens - self.total
-            end = i + min(room_words, bisect_right(list(accumulate(counts[i:i + room_words])), room_tokens))
+            end = bisect_right(before, before[i] + room_tokens, i, min(n, i + room_words) + 1) - 1
             if end > i:
-                self.extend(words, i, end)
+                self.extend(words, i, end, before[end] - before[i])
                 i = end
             if i < n:
                 yield from self.make_room(1, counts[i])
