@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 import uvicorn
@@ -92,7 +92,7 @@ class ThreadedUvicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ThreadedUvicorn:
+    def __enter__(self) -> Self:
         self.thread.start()
         wait_for_port(self.port)
         return self

@@ -40,9 +40,9 @@ def test_answer_streams_from_smollm2(service_factory, smollm2: str, tmp_path: Pa
     service = service_factory(llm_backend="openai", llm_base_url=smollm2, llm_model="smollm2",
                               llm_max_tokens="48", llm_temperature="0", ingest_chunk_words="60")
     assert service.ingest(write_pdf(tmp_path / "facts.pdf", FACTS)).returncode == 0
-    with httpx.Client(base_url=service.api_url, timeout=120) as client:
-        with connect_sse(client, "POST", "/v1/ask", json={"question": "What does the Zephyr turbine do?"}) as source:
-            events = list(source.iter_sse())
+    with (httpx.Client(base_url=service.api_url, timeout=120) as client,
+          connect_sse(client, "POST", "/v1/ask", json={"question": "What does the Zephyr turbine do?"}) as source):
+        events = list(source.iter_sse())
     kinds = [e.event for e in events]
     assert kinds[0] == "sources" and kinds[-1] == "done", kinds
     assert events[0].json()["sources"][0]["file"] == "facts.pdf"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from tokenizers import Tokenizer
 
@@ -50,7 +52,7 @@ def test_overlap_is_the_tail_of_the_previous_chunk(counter: TokenCounter) -> Non
     chunker = Chunker(size_words=1000, overlap_words=999, size_tokens=60, overlap_tokens=12, counter=counter)
     chunks = [c.text.split() for c in chunker.chunks([Unit(" ".join(words), 1)])]
     rebuilt = list(chunks[0])
-    for prev, cur in zip(chunks, chunks[1:]):
+    for prev, cur in itertools.pairwise(chunks):
         overlap = next(k for k in range(len(cur), -1, -1) if prev[len(prev) - k:] == cur[:k])
         assert 0 < sum(counter.counts(cur[:overlap])) <= 12
         rebuilt += cur[overlap:]
