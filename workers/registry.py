@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
+from redis.exceptions import RedisError
 
 from core.heartbeats import LEASE_MS, Heartbeat
 from core.protocol import now_ms
@@ -68,10 +69,14 @@ class Registry:
             await pipe.execute()
 
     async def release(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name in self._names:
-                pipe.delete(self._lease(name))
-                pipe.hdel(self._keys.workers, name)
-            await pipe.execute()
+        """Give our names back at shutdown; best effort: with Redis gone, the leases expire anyway."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in self._names:
+                    pipe.delete(self._lease(name))
+                    pipe.hdel(self._keys.workers, name)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("release_failed", error=str(exc), lease_expires_s=LEASE_MS / 1000)
         self._names.clear()
 
