@@ -125,3 +125,20 @@ async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -
     await redis.set(lease, "someone else")
     await registry.beat()
     assert await redis.get(lease) == b"someone else" and await redis.pttl(lease) == -1  # not ours: untouched
+
+
+async def test_release_with_redis_gone_does_not_raise(redis: Redis, prefix: str) -> None:
+    """Ctrl-C under scripts/up stops Valkey with the worker: giving names back is best effort."""
+    from redis.asyncio import Redis as AsyncRedis
+
+    from tests.servers import free_port
+    from workers.registry import Registry
+
+    keys = Keys(prefix)
+    registry = Registry(redis, keys, host="gone")
+    await registry.claim_names(1)
+    registry._redis = AsyncRedis(port=free_port(), socket_connect_timeout=1)  # nothing listens there
+    try:
+        await registry.release()
+    finally:
+        await registry._redis.aclose()
