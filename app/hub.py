@@ -29,7 +29,8 @@ Item = tuple[str, str, str]
 MAX_QUEUED = 10_000
 
 
-def _id(entry_id: bytes | str) -> tuple[int, int]:
+def entry_key(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a tuple that sorts as Redis orders entries."""
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = raw.partition("-")
     return int(ms), int(seq or 0)
@@ -122,7 +123,7 @@ class EventHub:
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
                 self._changed.clear()
-                streams = {key: min((s.cursor for s in subs), key=_id) for key, subs in self._subs.items()}
+                streams = {key: min((s.cursor for s in subs), key=entry_key) for key, subs in self._subs.items()}
                 reply = await self._reader.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
                 backoff = 0.1
             except (RedisError, OSError) as exc:
@@ -139,7 +140,7 @@ class EventHub:
     def _deliver(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for sub in list(self._subs.get(key, [])):
             for entry_id, fields in entries:
-                if _id(entry_id) <= _id(sub.cursor):
+                if entry_key(entry_id) <= entry_key(sub.cursor):
                     continue
                 sub.cursor = entry_id.decode()
                 kind = fields[b"type"].decode()

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from app.hub import entry_key
 from core.protocol import TERMINAL
 
 if TYPE_CHECKING:
@@ -37,12 +38,6 @@ def sse_event(entry_id: str, kind: str, data: str) -> bytes:
     thread at the start of every stream: a measurable cost at a thousand questions a second."""
     lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
     return f"id: {entry_id}\nevent: {kind}\n{lines}\n".encode()
-
-
-def _key(a: bytes | str) -> tuple[int, int]:
-    raw = a.decode() if isinstance(a, bytes) else a
-    ms, _, seq = raw.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Relay:
@@ -101,7 +96,7 @@ class Relay:
             last = await self._redis.xrevrange(self._key, count=1)
             if last:
                 last_id, fields = last[0]
-                if fields.get(b"type", b"").decode() in TERMINAL and _key(last_id) <= _key(self._after):
+                if fields.get(b"type", b"").decode() in TERMINAL and entry_key(last_id) <= entry_key(self._after):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True
         sub = await self._hub.subscribe(self._key, self._after)
