@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "fanout": ("bench.fanout", "SSE fan-out: open streams on one API process, memory per stream, Redis connections"),
     "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; retrieval-only queries/s at 1, 8, 64"),
     "ingest": ("bench.ingestion", "parse+chunk pages/s vs raw PyMuPDF; end-to-end pages/s with embedding"),
+    "memory": ("bench.memory", "a 2,400-page PDF through python -m ingest: its peak RSS, the worker's RSS, the Redis window"),
     "llm": ("bench.llm", "local SmolLM2 (llama_cpp.server): TTFT and tokens/s, 1 and 4 concurrent, direct vs service"),
     "backlog": ("bench.backlog", "queries first: time to first token with a 10,000-chunk ingest backlog vs none"),
     "retrieval": ("bench.retrieval", "retrieval quality on the dossier-bench dev set (hit@k, MRR, latency)"),

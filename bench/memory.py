@@ -1,0 +1,135 @@
+"""Ingest memory: a 2,400-page PDF through ``python -m ingest`` and ``python -m workers``, next to a 24-page one.
+
+Issue 3's bound: the ingest process stays under 300 MB RSS, the workers' memory stays flat,
+and Redis holds only a bounded window of un-embedded chunks. Both PDFs go through the same
+commands users run (the real ONNX embedder and qdrant-edge in the worker), one after the
+other against one worker. Measured: the ingest process's peak RSS (the kernel's own maximum,
+from wait4), the worker's RSS before, at most during and after, and, every 50 ms, the
+ingest batches in Redis that no worker has acknowledged yet (the consumer group's pending
+entries plus its lag) against the window the producer keeps (RAG_INGEST_WINDOW_CHUNKS).
+
+The pages are sparse (WORDS_PER_PAGE words, a page of slides or a report with figures), so
+that embedding every chunk of 2,400 pages on the CPU takes a minute, not five; the window
+is set below the document's chunk count so that it fills and must hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import redis.asyncio as aredis
+
+from bench.corpus import write_pdfs
+from bench.harness import Context, Row, rss_kib, service_env, settings_of, start_worker
+from core.keys import Keys
+from tests.servers import ROOT
+
+WORDS_PER_PAGE = 60
+WINDOW_CHUNKS = 256
+#: The issue's bound on the ingest process.
+LIMIT_MIB = 300
+
+
+class IngestRun(msgspec.Struct, kw_only=True):
+    pages: int
+    chunks: int
+    seconds: float
+    peak_kib: int  # the ingest process's maximum RSS
+    worker_before_kib: int
+    worker_max_kib: int
+    worker_after_kib: int
+    #: The worker's RSS at each quarter of the run's time.
+    worker_quarters_kib: list[int]
+    #: Most ingest batches in Redis not yet acknowledged by a worker, at any sample.
+    max_unacked_batches: int
+
+
+async def _unacked(redis: aredis.Redis, stream: str) -> int:
+    """Entries of the ingest stream not yet acknowledged: delivered and pending, plus not yet delivered (lag)."""
+    total = 0
+    for group in await redis.xinfo_groups(stream):
+        lag = group.get("lag")
+        total += int(group.get("pending") or 0) + int(lag or 0)
+    return total
+
+
+async def ingest(env: dict[str, str], path: Path, worker_pid: int, log: Path) -> IngestRun:
+    """``python -m ingest --json PATH`` to the end, sampling the worker and Redis meanwhile."""
+    settings = settings_of(env)
+    stream = Keys(settings.redis.prefix).ingest
+    redis = aredis.Redis.from_url(settings.redis.url)
+    before = rss_kib(worker_pid)
+    samples: list[tuple[float, int]] = []
+    unacked = 0
+    with log.open("wb") as out:
+        # Popen, not asyncio's subprocess: asyncio would reap the child itself, and wait4 must.
+        proc = subprocess.Popen([sys.executable, "-m", "ingest", "--json", str(path)],  # noqa: ASYNC220
+                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        t0 = time.perf_counter()
+        # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux): no sampling can miss it.
+        waited = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))
+        try:
+            while not waited.done():
+                samples.append((time.perf_counter() - t0, rss_kib(worker_pid)))
+                unacked = max(unacked, await _unacked(redis, stream))
+                await asyncio.wait([waited], timeout=0.05)
+            _, status, usage = waited.result()
+        finally:
+            if not waited.done():
+                proc.kill()
+                await waited
+            proc.returncode = 0  # reaped by wait4: keep Popen from waiting on it again
+            await redis.aclose()
+        seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    files = [line for line in lines if line.get("event") == "file"]
+    if code != 0 or not files or files[0].get("status") != "sent":
+        raise RuntimeError(f"python -m ingest {path.name} failed (exit {code}):\n{log.read_text()[-2000:]}")
+    after = rss_kib(worker_pid)
+    quarters = [next((rss for t, rss in samples if t >= seconds * q / 4), after) for q in (1, 2, 3)] + [after]
+    return IngestRun(pages=files[0]["pages"], chunks=files[0]["chunks"], seconds=seconds, peak_kib=usage.ru_maxrss,
+                     worker_before_kib=before, worker_max_kib=max([before, after] + [rss for _, rss in samples]),
+                     worker_after_kib=after, worker_quarters_kib=quarters, max_unacked_batches=unacked)
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:,.0f} MiB"
+
+
+async def run(ctx: Context) -> list[Row]:
+    pages = 240 if ctx.quick else 2_400
+    work = ctx.dir("memory")
+    small = write_pdfs(work / "small", docs=1, pages=24, words_per_page=WORDS_PER_PAGE, seed=3)[0]
+    big = write_pdfs(work / "big", docs=1, pages=pages, words_per_page=WORDS_PER_PAGE, seed=4)[0]
+    env = service_env(ctx.redis_url, ctx.prefix("memory"), work / "data", ingest_window_chunks=str(WINDOW_CHUNKS))
+    batch = settings_of(env).ingest.batch_chunks
+    worker = start_worker(ctx, env, work / "worker.log")
+    base = await ingest(env, small, worker.proc.pid, work / "small.log")
+    big_run = await ingest(env, big, worker.proc.pid, work / "big.log")
+    window_batches = -(-WINDOW_CHUNKS // batch) + 1  # the window, plus the batch that waits for room
+    return [
+        Row(bench="memory", measure=f"`python -m ingest` peak RSS (wait4): a {big_run.pages:,}-page PDF "
+            f"({big_run.chunks:,} chunks, {WORDS_PER_PAGE} words a page, embedded and indexed in "
+            f"{big_run.seconds:.0f} s) vs a {base.pages}-page one; limit {LIMIT_MIB} MiB",
+            ours=_mib(big_run.peak_kib), baseline=_mib(base.peak_kib),
+            ratio=f"{(big_run.peak_kib - base.peak_kib) / 1024:+,.0f} MiB"),
+        Row(bench="memory", measure=f"`python -m workers` RSS across the {big_run.pages:,}-page ingest: before; at "
+            "each quarter of the run; most (the same worker ingested the small PDF first)",
+            ours=f"{_mib(big_run.worker_before_kib)}; {', '.join(_mib(k) for k in big_run.worker_quarters_kib)}; "
+            f"{_mib(big_run.worker_max_kib)}",
+            baseline=f"{_mib(base.worker_before_kib)}; {_mib(base.worker_after_kib)} after, {base.pages} pages",
+            ratio=f"{(big_run.worker_after_kib - big_run.worker_before_kib) / 1024:+,.0f} MiB"),
+        Row(bench="memory", measure=f"ingest batches ({batch} chunks each) in Redis not yet acknowledged by a worker, "
+            f"most at any 50 ms sample, window RAG_INGEST_WINDOW_CHUNKS={WINDOW_CHUNKS}",
+            ours=f"{big_run.max_unacked_batches} batches ({big_run.pages:,} pages)",
+            baseline=f"{base.max_unacked_batches} batches ({base.pages} pages)",
+            ratio=f"bound {window_batches} batches"),
+    ]
