@@ -186,11 +186,16 @@ class PdfReader:
         # Ruled tables are drawn as lines and rectangles: a page with (almost) none has none.
         vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
-        if len(vectors) >= TABLE_MIN_PATHS and tables.grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
-            blocks = _with_tables(page, blocks, vectors, textpage)
+        turn = None
         if rotated:
-            blocks = _upright(blocks, page.rotation_matrix)
-            height = page.rect.height
+            # A table's rows run across the page as shown: line art and words are turned upright too.
+            turn = page.rotation_matrix
+            blocks = _upright(blocks, turn)
+            vectors = [(*tables.turned(v[:4], turn), *v[4:]) for v in vectors]
+            x0, y0, x1, y1 = page.rect
+            height = y1 - y0
+        if len(vectors) >= TABLE_MIN_PATHS and tables.grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
+            blocks = _with_tables(page, blocks, vectors, textpage, turn)
         return Page(number, height, reading_order(blocks))
 
     def close(self) -> None:
@@ -220,17 +225,16 @@ def _is_scan(page: pymupdf.Page) -> bool:
 
 def _upright(blocks: list[Block], matrix: pymupdf.Matrix) -> list[Block]:
     """Blocks in the coordinates of the page as displayed (its /Rotate applied)."""
-    out = []
-    for block in blocks:
-        r = pymupdf.Rect(block.x0, block.y0, block.x1, block.y1) * matrix
-        out.append(block._replace(x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1))
-    return out
+    return [Block(*tables.turned(block[:4], matrix), block.text, block.table) for block in blocks]
 
 
 def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple],  # type: ignore[type-arg]
-                 textpage: pymupdf.TextPage) -> list[Block]:
-    """Replace the text blocks inside each ruled table by the table as one markdown block."""
-    found = tables.find(page, vectors, textpage, vector_blocks=_VECTOR_BLOCKS)
+                 textpage: pymupdf.TextPage, turn: pymupdf.Matrix | None) -> list[Block]:
+    """Replace the text blocks inside each ruled table by the table as one markdown block.
+
+    ``turn``: the page's rotation matrix, when blocks and vectors were turned upright with it.
+    """
+    found = tables.find(page, vectors, textpage, vector_blocks=_VECTOR_BLOCKS, turn=turn)
     if not found:
         return blocks
     out = [block for block in blocks

@@ -60,13 +60,15 @@ def grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type:
 
 
 def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  # type: ignore[type-arg]
-         vector_blocks: bool = True) -> list[Table]:
+         vector_blocks: bool = True, turn: pymupdf.Matrix | None = None) -> list[Table]:
     """The page's ruled tables as markdown (first row as header), top to bottom.
 
     ``vectors`` are the page's vector blocks (type 3 in ``extractBLOCKS``), or, where
-    PyMuPDF has none (``vector_blocks`` false), the rectangles of its drawings.
+    PyMuPDF has none (``vector_blocks`` false), the rectangles of its drawings. On a page
+    with a /Rotate they come turned upright with ``turn`` (the page's rotation matrix), as
+    find_tables sees the page: the text page's words are turned with it here.
     """
-    words = _words_near(textpage, vectors)
+    words = _words_near(textpage, vectors) if turn is None else _turned_words(textpage, turn)
     art = _line_art(vectors) if vector_blocks else None
     frames = _frames(art.paths, words) if art is not None else []
     grids = _grids(art, frames) if art is not None else None
@@ -117,6 +119,17 @@ def _words_near(textpage: pymupdf.TextPage, vectors: list[tuple]) -> list[Word]:
         restored = pymupdf.mupdf.fz_rect()
         restored.x0, restored.y0, restored.x1, restored.y1 = page_box
         stext.mediabox = restored
+
+
+def turned(box: tuple[float, ...], turn: pymupdf.Matrix) -> Rect:
+    """A box of the unrotated page in the coordinates of the page as shown (``turn``: its rotation matrix)."""
+    r = pymupdf.Rect(box) * turn
+    return r.x0, r.y0, r.x1, r.y1
+
+
+def _turned_words(textpage: pymupdf.TextPage, turn: pymupdf.Matrix) -> list[Word]:
+    """Every word of a rotated page, in the coordinates of the page as shown (rare: no band here)."""
+    return [(*turned(word[:4], turn), *word[4:]) for word in textpage.extractWORDS()]
 
 
 Grid = tuple[Rect, list[list[Rect | None]]]  # bbox, rows of cells (None where a merged cell spans)

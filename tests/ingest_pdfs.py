@@ -78,20 +78,37 @@ def with_table(path: Path, rows: int = 4) -> Path:
 def ruled(page: pymupdf.Page, x: float, y: float, rows: list[list[str]], *, width: float = 90,
           height: float = 18, span_header: bool = False) -> None:
     """A table ruled with lines, one path as report writers draw it, a text in each cell (an empty
-    string: an empty cell). ``span_header``: the first row is one cell across all columns."""
+    string: an empty cell). ``span_header``: the first row is one cell across all columns.
+    Coordinates are the page's as shown: on a page with a /Rotate the table is upright."""
+    turn = page.derotation_matrix
     xs = [x + width * c for c in range(len(rows[0]) + 1)]
     ys = [y + height * r for r in range(len(rows) + 1)]
     shape = page.new_shape()
     for y_ in ys:
-        shape.draw_line((xs[0], y_), (xs[-1], y_))
+        shape.draw_line(pymupdf.Point(xs[0], y_) * turn, pymupdf.Point(xs[-1], y_) * turn)
     for x_ in xs:
-        shape.draw_line((x_, ys[1] if span_header and x_ not in (xs[0], xs[-1]) else ys[0]), (x_, ys[-1]))
+        top = ys[1] if span_header and x_ not in (xs[0], xs[-1]) else ys[0]
+        shape.draw_line(pymupdf.Point(x_, top) * turn, pymupdf.Point(x_, ys[-1]) * turn)
     shape.finish(width=0.5)
     shape.commit()
     for r, row in enumerate(rows):
         for c, text in enumerate(row):
             if text:
-                page.insert_text((xs[c] + 4, ys[r] + 13), text, fontsize=9)
+                page.insert_text(pymupdf.Point(xs[c] + 4, ys[r] + 13) * turn, text, fontsize=9, rotate=page.rotation)
+
+
+def rotated_table(path: Path, rotate: int) -> Path:
+    """A ruled table between two paragraphs on a page stored turned, with a /Rotate that shows it upright
+    (landscape pages of wide tables are often written so)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=HEIGHT, height=WIDTH) if rotate % 180 else doc.new_page(width=WIDTH, height=HEIGHT)
+    page.set_rotation(rotate)
+    _textbox(page, pymupdf.Rect(50, 80, 545, 150), "Before the table. " + PROSE, 10)
+    ruled(page, 50, 170, STOCK)
+    _textbox(page, pymupdf.Rect(50, 260, 545, 330), "After the table. " + PROSE, 10)
+    doc.save(path)
+    doc.close()
+    return path
 
 
 STOCK = [["Item", "Store", "Count"], ["bolts", "Leith", "120"], ["nuts", "Perth", "80"], ["washers", "Ayr", "15"]]

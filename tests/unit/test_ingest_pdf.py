@@ -174,6 +174,18 @@ def test_ruled_table_is_one_markdown_block_between_its_paragraphs(layouts: list[
     assert not any("bolts" in t or "Leith" in t for t in texts_of(page))  # cells are not repeated as text
 
 
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_table_on_a_rotated_page_reads_as_shown(tmp_path: Path, rotate: int) -> None:
+    # MuPDF gives line art and words in the unrotated page's coordinates: rows would come out as columns.
+    with PdfReader(make.rotated_table(tmp_path / "turned.pdf", rotate), max_bytes=1 << 30) as reader:
+        [page] = reader.read()
+    assert tables_of(page) == [STOCK_MD]
+    texts = [b.text for b in page.blocks]
+    table = texts.index(STOCK_MD)
+    assert all(not t.startswith("After the table") for t in texts[:table])
+    assert all(not t.startswith("Before the table") for t in texts[table:])
+
+
 def test_empty_cell_stays_an_empty_cell(layouts: list[Page]) -> None:
     assert tables_of(layouts[1]) == [STOCK_MD.replace("|bolts|Leith|", "|bolts||")]
 
