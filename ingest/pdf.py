@@ -175,14 +175,11 @@ class PdfReader:
             if ocr is None or folder is None:
                 return Page(number, height, blocks, skipped=True)
             try:
-                ocred = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
-                                              tessdata=folder)
+                blocks = _ocr_blocks(page, ocr, folder)
             except (RuntimeError, ValueError, OSError) as exc:  # Tesseract failed on this page: skip it, loudly
                 log.warning("ocr_failed", file=self.name, page=number, error=str(exc))
                 return Page(number, height, blocks, skipped=True)
-            raw = page.get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP, textpage=ocred)
-            blocks = [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
-            return Page(number, height, reading_order(blocks), ocr=True)
+            return Page(number, page.rect.height, reading_order(blocks), ocr=True)
         # Ruled tables are drawn as lines and rectangles: a page with (almost) none has none.
         vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
@@ -214,6 +211,21 @@ _HYPHEN_BREAK = re.compile(r"(\w)-\n(?=[a-z])")
 def _join_hyphens(text: str) -> str:
     """``electri-\ncity`` -> ``electricity``: what MuPDF's own dehyphenation leaves (lines of separate text objects)."""
     return _HYPHEN_BREAK.sub(r"\1", text)
+
+
+def _ocr_blocks(page: pymupdf.Page, ocr: OcrOptions, folder: str) -> list[Block]:
+    """The page's text blocks read by Tesseract, in the coordinates of the page as shown."""
+    if page.rotation % 360 == 0:
+        textpage = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
+                                         tessdata=folder)
+        raw = page.get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP, textpage=textpage)
+    else:
+        # MuPDF's OCR text page loses lines of a page with a /Rotate (seen at 270): the page is OCRed as
+        # shown instead, into a one-page PDF of the same size whose text is where it is on the page.
+        pixmap = page.get_pixmap(dpi=ocr.dpi)
+        with pymupdf.open("pdf", pixmap.pdfocr_tobytes(language=ocr.language, tessdata=folder)) as scan:
+            raw = scan[0].get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP)
+    return [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]
 
 
 def _is_scan(page: pymupdf.Page) -> bool:

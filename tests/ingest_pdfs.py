@@ -194,6 +194,23 @@ def scanned(path: Path, text: str = "Scanned pages hold harvest figures") -> Pat
     return path
 
 
+def scanned_turned(path: Path, rotate: int) -> Path:
+    """A scan of two paragraphs on a page stored turned, with a /Rotate that shows it upright."""
+    source = pymupdf.open()
+    page = source.new_page(width=WIDTH, height=HEIGHT)
+    page.insert_text((50, 100), "Harvest figures come first", fontsize=24)
+    page.insert_text((50, 400), "Storage notes come after", fontsize=24)
+    pixmap = page.get_pixmap(dpi=150)
+    source.close()
+    doc = pymupdf.open()
+    page = doc.new_page(width=HEIGHT, height=WIDTH) if rotate % 180 else doc.new_page(width=WIDTH, height=HEIGHT)
+    page.set_rotation(rotate)
+    page.insert_image(page.rect * page.derotation_matrix, pixmap=pixmap, rotate=rotate)
+    doc.save(path)
+    doc.close()
+    return path
+
+
 def encrypted(path: Path) -> Path:
     doc = pymupdf.open()
     doc.new_page().insert_text((50, 100), "secret text", fontsize=11)

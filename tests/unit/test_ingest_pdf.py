@@ -94,6 +94,16 @@ def test_scanned_page_is_ocred_with_tesseract(tmp_path: Path, counter) -> None:
     assert "harvest figures" in " ".join(c.text for c in chunks)
 
 
+@pytest.mark.skipif(tessdata("eng") is None, reason="Tesseract (tesseract-ocr) is not installed")
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_ocr_of_a_rotated_scan_reads_top_to_bottom_as_shown(tmp_path: Path, rotate: int) -> None:
+    with PdfReader(make.scanned_turned(tmp_path / "turned.pdf", rotate), max_bytes=1 << 30) as reader:
+        [page] = reader.read(pdf.OcrOptions())
+    assert page.ocr
+    text = " ".join(" ".join(b.text.split()) for b in page.blocks)
+    assert text.index("Harvest figures") < text.index("Storage notes"), text
+
+
 @pytest.mark.parametrize("maker, error, code", [
     (make.encrypted, EncryptedPdf, "pdf_encrypted"),
     (make.truncated, BrokenPdf, "pdf_broken"),
