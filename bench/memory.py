@@ -3,7 +3,8 @@
 Issue 3's bound: the ingest process stays under 300 MB RSS, the workers' memory stays flat,
 and Redis holds only a bounded window of un-embedded chunks. Both PDFs go through the same
 commands users run (the real ONNX embedder and qdrant-edge in the worker), one after the
-other against one worker. Measured: the ingest process's peak RSS (the kernel's own maximum,
+other against one worker; then both are uploaded to the API (``POST /v1/documents``, which
+parses in the API process), whose RSS is sampled. Measured: the ingest process's peak RSS (the kernel's own maximum,
 from wait4), the worker's RSS before, at most during and after, and, every 50 ms, the
 ingest batches in Redis that no worker has acknowledged yet (the consumer group's pending
 entries plus its lag) against the window the producer keeps (RAG_INGEST_WINDOW_CHUNKS).
@@ -23,11 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import msgspec
 import redis.asyncio as aredis
 
 from bench.corpus import write_pdfs
-from bench.harness import Context, Row, rss_kib, service_env, settings_of, start_worker
+from bench.harness import Context, Row, rss_kib, service_env, settings_of, start_api, start_worker
 from core.keys import Keys
 from tests.servers import ROOT
 
@@ -100,6 +102,48 @@ async def ingest(env: dict[str, str], path: Path, worker_pid: int, log: Path) ->
                      worker_after_kib=after, worker_quarters_kib=quarters, max_unacked_batches=unacked)
 
 
+class UploadRun(msgspec.Struct, kw_only=True):
+    seconds: float
+    api_before_kib: int
+    api_max_kib: int  # sampled every 50 ms
+    api_after_kib: int
+
+
+async def upload(base_url: str, path: Path, api_pid: int, collection: str) -> UploadRun:
+    """``POST /v1/documents`` (multipart) and the ingest job's SSE events to ``done``, sampling the API's RSS."""
+    before = rss_kib(api_pid)
+    samples = [before]
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            samples.append(rss_kib(api_pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    t0 = time.perf_counter()
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0)) as client:
+            with path.open("rb") as fh:
+                reply = await client.post("/v1/documents", files={"file": (path.name, fh, "application/pdf")},
+                                          data={"collection": collection})
+            reply.raise_for_status()
+            last = ""
+            async with client.stream("GET", reply.json()["links"]["events"]) as events:
+                async for line in events.aiter_lines():
+                    if line.startswith("event: "):
+                        last = line[len("event: "):]
+                        if last in ("done", "error", "cancelled"):
+                            break
+            if last != "done":
+                raise RuntimeError(f"the upload of {path.name} ended with {last!r}")
+    finally:
+        done.set()
+        await sampler
+    return UploadRun(seconds=time.perf_counter() - t0, api_before_kib=before, api_max_kib=max(samples),
+                     api_after_kib=rss_kib(api_pid))
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:,.0f} MiB"
 
@@ -114,6 +158,10 @@ async def run(ctx: Context) -> list[Row]:
     worker = start_worker(ctx, env, work / "worker.log")
     base = await ingest(env, small, worker.proc.pid, work / "small.log")
     big_run = await ingest(env, big, worker.proc.pid, work / "big.log")
+    # The same PDFs uploaded to the API (into another collection: here they are new documents).
+    api, url = start_api(ctx, env, work / "api.log")
+    small_up = await upload(url, small, api.proc.pid, "uploads")
+    big_up = await upload(url, big, api.proc.pid, "uploads")
     window_batches = -(-WINDOW_CHUNKS // batch) + 1  # the window, plus the batch that waits for room
     return [
         Row(bench="memory", measure=f"`python -m ingest` peak RSS (wait4): a {big_run.pages:,}-page PDF "
@@ -121,6 +169,12 @@ async def run(ctx: Context) -> list[Row]:
             f"{big_run.seconds:.0f} s) vs a {base.pages}-page one; limit {LIMIT_MIB} MiB",
             ours=_mib(big_run.peak_kib), baseline=_mib(base.peak_kib),
             ratio=f"{(big_run.peak_kib - base.peak_kib) / 1024:+,.0f} MiB"),
+        Row(bench="memory", measure=f"the API process's RSS (every 50 ms) while `POST /v1/documents` takes the "
+            f"{big_run.pages:,}-page PDF and parses and sends it ({big_up.seconds:.0f} s to `done`): before, most, "
+            f"after; vs the {base.pages}-page upload just before",
+            ours=f"{_mib(big_up.api_before_kib)}, {_mib(big_up.api_max_kib)}, {_mib(big_up.api_after_kib)}",
+            baseline=f"{_mib(small_up.api_before_kib)}, {_mib(small_up.api_max_kib)}, {_mib(small_up.api_after_kib)}",
+            ratio=f"{(big_up.api_max_kib - small_up.api_max_kib) / 1024:+,.0f} MiB most"),
         Row(bench="memory", measure=f"`python -m workers` RSS across the {big_run.pages:,}-page ingest: before; at "
             "each quarter of the run; most (the same worker ingested the small PDF first)",
             ours=f"{_mib(big_run.worker_before_kib)}; {', '.join(_mib(k) for k in big_run.worker_quarters_kib)}; "
