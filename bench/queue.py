@@ -9,6 +9,7 @@ has no in-process no-op embedder, so one loopback HTTP call per batch is part of
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from bench.harness import (
     closed_loop,
     pct,
     ratio,
+    server_pid,
     service_env,
     settings_of,
     start_api,
@@ -37,7 +39,7 @@ def _windows(ctx: Context) -> tuple[float, float]:
     return (0.3, 1.0) if ctx.quick else (1.0, 5.0)
 
 
-async def streams_load(ctx: Context, env: dict[str, str], inflight: int) -> Load:
+async def streams_load(ctx: Context, env: dict[str, str], inflight: int, cpu_of: dict[str, int]) -> Load:
     """(a) Submit with EventWriter.submit (as the API does), read the job's event stream until ``done``."""
     warmup, measure = _windows(ctx)
     client = StreamClient(settings_of(env))
@@ -48,7 +50,7 @@ async def streams_load(ctx: Context, env: dict[str, str], inflight: int) -> Load
             if events[-1][0] != "done":
                 raise RuntimeError(f"job failed: {events[-1]}")
 
-        return await closed_loop(one, inflight=inflight, warmup_s=warmup, measure_s=measure)
+        return await closed_loop(one, inflight=inflight, warmup_s=warmup, measure_s=measure, cpu_of=cpu_of)
     finally:
         await client.aclose()
 
@@ -93,7 +95,7 @@ class AskConnection(asyncio.Protocol):
             return await self.waiter
 
 
-async def http_load(url: str, ctx: Context, inflight: int) -> Load:
+async def http_load(url: str, ctx: Context, inflight: int, cpu_of: dict[str, int] | None = None) -> Load:
     """(b) POST /v1/ask and read the SSE stream to its end; one keep-alive connection per caller."""
     host, _, port = url.removeprefix("http://").partition(":")
     body = b'{"question": "What is nothing?"}'
@@ -116,7 +118,7 @@ async def http_load(url: str, ctx: Context, inflight: int) -> Load:
         idle.append(conn)
 
     try:
-        return await closed_loop(ask, inflight=inflight, warmup_s=warmup, measure_s=measure)
+        return await closed_loop(ask, inflight=inflight, warmup_s=warmup, measure_s=measure, cpu_of=cpu_of)
     finally:
         for conn in opened:
             if conn.transport is not None:
@@ -134,11 +136,13 @@ async def ours(ctx: Context, *, inflight: int = INFLIGHT, http: bool = True,
     env = service_env(ctx.redis_url, ctx.prefix("queue"), work / "data",
                       embedder_backend="openai", embedder_base_url=fake, **(overrides or {}))
     worker = start_worker(ctx, env, work / "worker.log")
-    streams = await streams_load(ctx, env, inflight)
+    # The fake embedder is left out: it stands for work the service would do anyway.
+    cpu_of = {"worker": worker.proc.pid, "Valkey": await server_pid(ctx.redis_url), "load generator": os.getpid()}
+    streams = await streams_load(ctx, env, inflight, cpu_of)
     sse = None
     if http:
         api, url = start_api(ctx, env, work / "api.log")
-        sse = await http_load(url, ctx, inflight)
+        sse = await http_load(url, ctx, inflight, {"API": api.proc.pid, **cpu_of})
         api.stop()
     worker.stop()
     return streams, sse
@@ -215,7 +219,8 @@ async def arq(ctx: Context, *, worker_poll: float, max_jobs: int, result_poll: f
                 raise RuntimeError("arq job returned the wrong result")
 
         warmup, measure = _windows(ctx)
-        return await closed_loop(one, inflight=INFLIGHT, warmup_s=warmup, measure_s=measure)
+        cpu_of = {"worker": worker.proc.pid, "Valkey": await server_pid(ctx.redis_url), "load generator": os.getpid()}
+        return await closed_loop(one, inflight=INFLIGHT, warmup_s=warmup, measure_s=measure, cpu_of=cpu_of)
     finally:
         await pool.aclose()
 
@@ -249,6 +254,13 @@ async def run(ctx: Context) -> list[Row]:
                 ratio=f"{ratio(load.rate, base.rate)} jobs/s, "
                       f"{ratio(pct(load.latencies, 50), pct(base.latencies, 50), lower_is_better=True)} p50")
             for label, load, base in pairs]
+    rows += [Row(bench="queue", measure=f"{label}: CPU per job by process, in the measuring window (the fake "
+                 "embedder left out)", ours=load.cpu_per_job(), baseline=arq_tuned.cpu_per_job(),
+                 ratio=ratio(sum(load.cpu.values()) / max(load.done, 1),
+                             sum(arq_tuned.cpu.values()) / max(arq_tuned.done, 1), lower_is_better=True)
+                 + " CPU per job")
+             for label, load in [(f"(a) Redis Streams ({sized}) vs {tuned}", streams),
+                                 (f"(b) HTTP API + SSE ({sized}) vs {tuned}", sse)]]
     rows.append(Row(
         bench="queue", measure="(a) one job in flight: default RAG_WORKER_BATCH_WAIT_MS=5 vs 0",
         ours=lone_default.summary(), baseline=lone_nowait.summary(),
