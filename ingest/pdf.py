@@ -163,14 +163,17 @@ class PdfReader:
     def _read_page(self, page: pymupdf.Page, number: int, ocr: OcrOptions | None, folder: str | None) -> Page:
         textpage = page.get_textpage(flags=TEXT_FLAGS)
         raw = textpage.extractBLOCKS()
-        # Text comes in the unrotated page's coordinates: clip against that page, and turn the
-        # blocks upright below, before reading order and margins are judged.
-        rotated = page.rotation % 360 != 0
-        x0, y0, x1, y1 = page.rect * page.derotation_matrix if rotated else page.rect
-        height = y1 - y0
+        # Text and line art come in the unrotated page's coordinates: clip against that page, then
+        # turn them upright, before reading order, margins and table rows are judged.
+        turn = page.rotation_matrix if page.rotation % 360 else None
+        x0, y0, x1, y1 = page.rect * page.derotation_matrix if turn is not None else page.rect
         blocks = [Block(b[0], b[1], b[2], b[3], _join_hyphens(b[4]) if "-\n" in b[4] else b[4])
                   for b in raw if b[6] == _TEXT and b[2] > x0 and b[0] < x1 and b[3] > y0 and b[1] < y1
                   and b[4].strip()]
+        if turn is not None:
+            blocks = _upright(blocks, turn)
+            x0, y0, x1, y1 = page.rect
+        height = y1 - y0
         if len(blocks) < 4 and sum(len(b.text) for b in blocks) < SCAN_MAX_CHARS and _is_scan(page):
             if ocr is None or folder is None:
                 return Page(number, height, blocks, skipped=True)
@@ -179,18 +182,12 @@ class PdfReader:
             except (RuntimeError, ValueError, OSError) as exc:  # Tesseract failed on this page: skip it, loudly
                 log.warning("ocr_failed", file=self.name, page=number, error=str(exc))
                 return Page(number, height, blocks, skipped=True)
-            return Page(number, page.rect.height, reading_order(blocks), ocr=True)
+            return Page(number, height, reading_order(blocks), ocr=True)
         # Ruled tables are drawn as lines and rectangles: a page with (almost) none has none.
         vectors = ([b for b in raw if b[6] == _VECTOR] if _VECTOR_BLOCKS
                    else [tuple(path["rect"]) for path in page.get_cdrawings()])
-        turn = None
-        if rotated:
-            # A table's rows run across the page as shown: line art and words are turned upright too.
-            turn = page.rotation_matrix
-            blocks = _upright(blocks, turn)
+        if turn is not None:
             vectors = [(*tables.turned(v[:4], turn), *v[4:]) for v in vectors]
-            x0, y0, x1, y1 = page.rect
-            height = y1 - y0
         if len(vectors) >= TABLE_MIN_PATHS and tables.grid_like(vectors, y0 + height * MARGIN, y1 - height * MARGIN):
             blocks = _with_tables(page, blocks, vectors, textpage, turn)
         return Page(number, height, reading_order(blocks))
