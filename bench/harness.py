@@ -128,10 +128,10 @@ def start_fake_openai(ctx: Context, log: Path) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, from /proc/<pid>/status (VmRSS, KiB)."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a process, from /proc/<pid>/status (KiB): VmRSS now, or VmHWM, its peak so far."""
     status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, flags=re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
