@@ -65,7 +65,8 @@ class LLMSettings(Struct, frozen=True, kw_only=True):
 class WorkerSettings(Struct, frozen=True, kw_only=True):
     #: Most jobs read and embedded together.
     batch_size: PositiveInt = 16
-    #: How long a batch waits for more jobs after its first one arrived.
+    #: How long a batch waits for more jobs after its first one arrived (not when that one woke
+    #: an idle consumer: a lone question goes at once).
     batch_wait_ms: NonNegInt = 5
     #: Consumers in one worker process (``--concurrency``).
     concurrency: PositiveInt = 1

@@ -1,8 +1,10 @@
 """Micro-batching: the only module that decides which jobs are handled together.
 
 A query batch closes at ``size`` jobs or ``wait_ms`` after its first job, whichever
-comes first. An ingest batch is one message (itself a batch of chunks), taken only
-when no query is waiting.
+comes first; except that a query which wakes an idle consumer is not held back: the
+queries that arrived with it join it, and it goes (a lone user's every question would
+otherwise wait ``wait_ms`` for nothing). An ingest batch is one message (itself a
+batch of chunks), taken only when no query is waiting.
 """
 
 from __future__ import annotations
@@ -68,12 +70,13 @@ class Batcher:
             self._held.extend(d for d in arrived if d.stream != self._keys.queries)
             if not queries:
                 return Batch("ingest", [self._held.popleft()]) if self._held else Batch("idle", [])
-        return await self._fill(queries, size)
+            return await self._fill(queries, size, wait=0.0)
+        return await self._fill(queries, size, wait=self._wait)
 
-    async def _fill(self, queries: list[Delivery], size: int) -> Batch:
+    async def _fill(self, queries: list[Delivery], size: int, wait: float) -> Batch:
         # The wait is timed here, not with a short XREADGROUP BLOCK: Redis and Valkey expire
         # blocked clients on their ~100 ms server tick, so BLOCK 5 would cost a lone query 100 ms.
-        deadline = time.monotonic() + self._wait
+        deadline = time.monotonic() + wait
         while len(queries) < size:
             more = await self._consumer.read(self._keys.queries, count=size - len(queries))
             queries.extend(more)

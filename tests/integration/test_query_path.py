@@ -116,6 +116,19 @@ async def test_concurrent_queries_share_embed_calls(settings, tmp_path: Path) ->
     assert max(d.data["timings"]["batch_size"] for d in dones) > 1
 
 
+async def test_a_query_to_an_idle_worker_is_not_held_for_the_batch_wait(
+        redis_url: str, prefix: str, tmp_path: Path, fake_llm: str) -> None:
+    # A 30 s batch wait: a lone question held for it would time out below (it failed so before the fix).
+    settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="openai", llm_base_url=fake_llm,
+                             ingest_chunk_words="40", ingest_overlap_words="5", worker_batch_wait_ms="30000")
+    async with running_worker(settings):
+        await ingest(settings, write_pdf(tmp_path / "facts.pdf", LONG_FACTS))
+        async with api_client(settings) as client:
+            for question in ("How does kelp store energy?", "Where do bitter oranges grow?"):
+                response = await asyncio.wait_for(client.post("/v1/ask", json={"question": question}), 10)
+                assert parse_sse(response.text)[-1].event == "done"
+
+
 async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path: Path) -> None:
     from tests.servers import free_port
 
