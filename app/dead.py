@@ -10,7 +10,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from msgspec import Struct
 
-from app.errors import NotFound
+from app.errors import NotFound, documented
 from app.jobs import Jobs, links
 from app.relay import valid_entry_id
 from app.schemas import Links
@@ -42,7 +42,7 @@ class DeadLetterController(Controller):
     path = "/v1/dead"
     tags = ("dead letters",)
 
-    @get("/", summary="Jobs that failed for good, newest first")
+    @get("/", summary="Jobs that failed for good, newest first", responses=documented())
     async def list_dead(
         self, state: State, count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
     ) -> list[DeadJob]:
@@ -62,7 +62,8 @@ class DeadLetterController(Controller):
             for entry_id, fields in entries
         ]
 
-    @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again")
+    @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again",
+          responses=documented(404))
     async def requeue(self, state: State, entry_id: FromPath[str]) -> Response[Any]:
         jobs: Jobs = state.jobs
         if not valid_entry_id(entry_id):

@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO
 from msgspec import Struct
 from multipart import MultipartSegment, ParserError, PushMultipartParser
 
-from app.errors import NotFound
+from app.errors import NotFound, documented
 from app.jobs import Jobs, links
 from app.schemas import ErrorInfo, Links
 from core.documents import DocumentRecord
@@ -174,7 +174,8 @@ class DocumentController(Controller):
     tags = ("documents",)
 
     @post("/", status_code=HTTP_202_ACCEPTED, request_max_body_size=None,
-          summary="Upload a PDF (multipart, part 'file'; optional 'collection', 'force'): an ingest job")
+          summary="Upload a PDF (multipart, part 'file'; optional 'collection', 'force'): an ingest job",
+          responses=documented(413))
     async def upload(self, state: State, request: Request[Any, Any, Any]) -> Response[IngestAccepted]:
         jobs = _jobs(state)
         settings = jobs.settings
@@ -202,7 +203,8 @@ class DocumentController(Controller):
             headers={"Location": f"/v1/queries/{job_id}"},
         )
 
-    @get("/", summary="Documents with their pages, chunks and status (indexing, ready, failed, deleting)")
+    @get("/", summary="Documents with their pages, chunks and status (indexing, ready, failed, deleting)",
+         responses=documented())
     async def list_documents(
         self, state: State,
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
@@ -212,7 +214,7 @@ class DocumentController(Controller):
         producer = Producer(jobs.redis, jobs.settings, counter=None)
         return DocumentList(documents=[view(r) for r in await producer.registry.documents(wanted)])
 
-    @get("/{document_id:str}", summary="One document (in every collection that holds it)")
+    @get("/{document_id:str}", summary="One document (in every collection that holds it)", responses=documented(404))
     async def get_document(
         self, state: State, document_id: FromPath[str],
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
@@ -225,7 +227,8 @@ class DocumentController(Controller):
         return DocumentList(documents=[view(r) for r in found])
 
     @delete("/{document_id:str}", status_code=HTTP_202_ACCEPTED,
-            summary="Delete a document: a job the workers run (they own the store); its events stream over SSE")
+            summary="Delete a document: a job the workers run (they own the store); its events stream over SSE",
+            responses=documented(404))
     async def delete_document(
         self, state: State, document_id: FromPath[str],
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,

@@ -8,9 +8,11 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi import ResponseSpec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.schemas import ErrorBody
 from core.errors import BadRequest, RagError
 
 log = structlog.get_logger("app")
@@ -51,6 +53,26 @@ _HTTP_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+_DESCRIBED = {
+    400: "Bad request: invalid JSON or fields (`invalid_json`, `invalid_request`, `empty_question`, "
+         "`question_too_long`, `invalid_top_k`, `invalid_last_event_id`, `invalid_collection`, `invalid_upload`, "
+         "`invalid_entry_id`, `ambiguous_document`)",
+    404: "No such job, document or dead job (`job_not_found`, `document_not_found`, `dead_job_not_found`)",
+    409: "The job has already finished (`job_finished`)",
+    413: "The upload is over RAG_INGEST_MAX_FILE_MB (`payload_too_large`)",
+    429: "Too many questions are waiting (`overloaded`); retry after the Retry-After header",
+    503: "Redis is unreachable (`redis_unavailable`); retry after the Retry-After header",
+}
+
+
+def documented(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a route's errors, 400 and 503 always: all have the body
+    ``{"error": {"code", "message"}}``. (Litestar would document its own 400 body otherwise,
+    which this API never sends.)"""
+    return {status: ResponseSpec(data_container=ErrorBody, description=_DESCRIBED[status], generate_examples=False)
+            for status in sorted({400, *statuses, 503})}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[Any]:

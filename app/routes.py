@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from app.errors import InvalidLastEventId
+from app.errors import InvalidLastEventId, documented
 from app.jobs import Jobs, links
 from app.relay import Relay, valid_entry_id
 from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
@@ -26,7 +27,8 @@ class QueryController(Controller):
     path = "/v1"
     tags = ("queries",)
 
-    @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job")
+    @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job",
+          responses=documented(429))
     async def submit(self, state: State, data: JSONBody[QueryRequest]) -> Response[Accepted]:
         job_id = await _jobs(state).submit_query(data)
         return Response(
@@ -35,11 +37,12 @@ class QueryController(Controller):
             headers={"Location": f"/v1/queries/{job_id}"},
         )
 
-    @get("/queries/{job_id:str}", summary="A job's status, and its answer once done")
+    @get("/queries/{job_id:str}", summary="A job's status, and its answer once done", responses=documented(404))
     async def status(self, state: State, job_id: FromPath[str]) -> JobView:
         return await _jobs(state).view(job_id)
 
-    @get("/queries/{job_id:str}/events", media_type=SSE, summary="The job's events as Server-Sent Events (resumable)")
+    @get("/queries/{job_id:str}/events", media_type=SSE, summary="The job's events as Server-Sent Events (resumable)",
+         responses=documented(404))
     async def events(
         self,
         state: State,
@@ -59,12 +62,14 @@ class QueryController(Controller):
         return Relay(state.hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
                      keepalive_s=jobs.settings.api.keepalive_s)
 
-    @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now")
+    @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now",
+            responses=documented(404, 409))
     async def cancel(self, state: State, job_id: FromPath[str]) -> Response[Cancelling]:
         status = await _jobs(state).cancel(job_id)
         return Response(Cancelling(id=job_id, status=status, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
 
-    @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request")
+    @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request",
+          responses=documented(429))
     async def ask(self, state: State, data: JSONBody[QueryRequest]) -> Relay:
         jobs = _jobs(state)
         job_id = await jobs.submit_query(data)
@@ -79,7 +84,9 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], summary="Redis is reachable, the consumer groups exist, workers are alive")
+@get("/readyz", tags=["health"], summary="Redis is reachable, the consumer groups exist, workers are alive",
+     responses={503: ResponseSpec(data_container=Health, description="Not ready: the checks say which part is not",
+                                  generate_examples=False)})
 async def readyz(state: State, request: Request[Any, Any, Any]) -> Response[Health]:
     jobs = _jobs(state)
     checks: dict[str, Any] = {}

@@ -84,6 +84,23 @@ async def test_queued_job_status_and_openapi(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json()["status"] == "ok"
 
 
+async def test_openapi_documents_the_error_body_every_error_has(client: httpx.AsyncClient) -> None:
+    # Not Litestar's own 400 body ({status_code, detail}), which this API never sends.
+    schema = (await client.get("/schema/openapi.json")).json()
+    documented = {}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation.get("responses", {}).items():
+                if path.startswith("/v1/") and status[0] in "45":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    documented[(method, path, status)] = ref.rsplit("/", 1)[-1]
+    assert set(documented.values()) == {"ErrorBody"}
+    assert {("post", "/v1/ask", "400"), ("post", "/v1/ask", "429"), ("get", "/v1/queries/{job_id}", "404"),
+            ("get", "/v1/queries/{job_id}/events", "400"), ("post", "/v1/documents", "413"),
+            ("delete", "/v1/queries/{job_id}", "409"), ("post", "/v1/queries", "503")} <= set(documented)
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error"}
+
+
 async def test_redis_down_answers_503_fast(prefix: str, tmp_path: Path) -> None:
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", prefix, tmp_path)
     with ThreadedUvicorn(create_app(settings)) as server:
