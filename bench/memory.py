@@ -71,11 +71,11 @@ async def ingest(env: dict[str, str], path: Path, worker_pid: int, log: Path) ->
     unacked = 0
     peak = 0
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ingest", "--json", str(path)],  # noqa: ASYNC220
-                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingest", "--json", str(path),
+                                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         t0 = time.perf_counter()
         try:
-            while proc.poll() is None:
+            while proc.returncode is None:
                 try:
                     # VmHWM: the peak of the program itself. (wait4's ru_maxrss is no good here: it
                     # counts the parent's memory, which a child shares between fork and exec.)
@@ -85,11 +85,11 @@ async def ingest(env: dict[str, str], path: Path, worker_pid: int, log: Path) ->
                 samples.append((time.perf_counter() - t0, rss_kib(worker_pid)))
                 unacked = max(unacked, await _unacked(redis, stream))
                 await asyncio.sleep(0.05)
-            code = proc.wait()
+            code = await proc.wait()
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
-                proc.wait()
+                await proc.wait()
             await redis.aclose()
         seconds = time.perf_counter() - t0
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
