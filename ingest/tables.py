@@ -45,7 +45,8 @@ def grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type:
     and header or footer rules are not worth looking for tables in."""
     horizontal: set[int] = set()
     vertical: set[int] = set()
-    for x0, y0, x1, y1, *_ in vectors:
+    for vector in vectors:
+        x0, y0, x1, y1 = vector[:4]
         if y1 <= top or y0 >= bottom or (y0 < top and y1 > bottom):
             continue  # in a margin, or a frame around the whole page
         w, h = x1 - x0, y1 - y0
@@ -76,8 +77,8 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
         log.debug("find_tables_fallback", page=page.number + 1)
         grids = _find_tables(page, vectors, [box for box, exact in frames if exact])
     out = []
-    for bbox, rows in grids:
-        text = markdown(rows, words, bbox)
+    for bbox, rows, rules in grids:
+        text = markdown(rows, words, bbox, rules)
         if text:
             out.append(Table(bbox, text))
     return out
@@ -132,7 +133,11 @@ def _turned_words(textpage: pymupdf.TextPage, turn: pymupdf.Matrix) -> list[Word
     return [(*turned(word[:4], turn), *word[4:]) for word in textpage.extractWORDS()]
 
 
-Grid = tuple[Rect, list[list[Rect | None]]]  # bbox, rows of cells (None where a merged cell spans)
+class Grid(NamedTuple):
+    bbox: Rect
+    rows: list[list[Rect | None]]  # rows of cells (None where a merged cell spans)
+    #: A clean grid's column and row rules (x and y, ascending); None for find_tables' tables.
+    rules: tuple[list[float], list[float]] | None = None
 
 
 class _Art(NamedTuple):
@@ -175,7 +180,7 @@ def _grids(art: _Art, frames: list[tuple[Rect, bool]]) -> list[Grid] | None:
             continue  # find_tables drops one-column tables (and empty ones: their markdown is empty)
         rows: list[list[Rect | None]] = [[(xs[c], ys[r], xs[c + 1], ys[r + 1]) for c in range(len(xs) - 1)]
                                          for r in range(len(ys) - 1)]
-        grids.append(((left, top, right, bottom), rows))
+        grids.append(Grid((left, top, right, bottom), rows, (xs, ys)))
     grids.sort(key=lambda g: (g[0][1], g[0][0]))
     return grids
 
@@ -190,14 +195,15 @@ def _line_art(vectors: list[tuple]) -> _Art | None:  # type: ignore[type-arg]
     vertical: list[Edge] = []
     paths: list[tuple[Rect, bool]] = []
     opaque: list[Rect] = []
-    box: list[float] | None = None
-    exact = True
-    for x0, y0, x1, y1, text, *_ in vectors:
+    bx0 = by0 = bx1 = by1 = 0.0  # the box of the path so far (open: it has a piece)
+    open_path, exact = False, True
+    for vector in vectors:
+        x0, y0, x1, y1, text = vector[:5]
         # e.g. "\n<vector stroked, color: #808080, alpha: 255, is-rect: true, continues: false>\n"
         if "is-rect: true" in text:
             w, h = x1 - x0, y1 - y0
-            if "stroked" in text and min(w, h) <= STROKED_LINE_MAX:
-                e = min(w, h) / 2
+            if "stroked" in text and (w if w < h else h) <= STROKED_LINE_MAX:
+                e = (w if w < h else h) / 2
                 x0, y0, x1, y1, w, h = x0 + e, y0 + e, x1 - e, y1 - e, w - 2 * e, h - 2 * e
             if w <= TOLERANCE and w < h:
                 vertical.append(((x0 + x1) / 2, y0, y1))
@@ -211,15 +217,16 @@ def _line_art(vectors: list[tuple]) -> _Art | None:  # type: ignore[type-arg]
             exact = False
         else:
             return None
-        if box is None:
-            box = [x0, y0, x1, y1]
+        if not open_path:
+            bx0, by0, bx1, by1, open_path = x0, y0, x1, y1, True
         else:
-            box = [min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1)]
+            bx0, by0 = (x0 if x0 < bx0 else bx0), (y0 if y0 < by0 else by0)
+            bx1, by1 = (x1 if x1 > bx1 else bx1), (y1 if y1 > by1 else by1)
         if "continues: true" not in text:
-            paths.append(((box[0], box[1], box[2], box[3]), exact))
-            box, exact = None, True
-    if box is not None:  # a path cut off mid-way
-        paths.append(((box[0], box[1], box[2], box[3]), exact))
+            paths.append(((bx0, by0, bx1, by1), exact))
+            open_path, exact = False, True
+    if open_path:  # a path cut off mid-way
+        paths.append(((bx0, by0, bx1, by1), exact))
     return _Art(horizontal, vertical, paths, opaque)
 
 
@@ -313,14 +320,18 @@ def _crossing(horizontal: list[Edge], vertical: list[Edge]) -> list[tuple[list[E
     t = TOLERANCE
     xs = [x for x, _, _ in vertical]  # sorted: _merge returns edges by position
     for i, (y, hx0, hx1) in enumerate(horizontal):
-        # Only the vertical edges within the horizontal one's reach can cross it.
-        r = root(i)
+        # A horizontal edge joins the group of each vertical one it crosses: until the first, it is
+        # its own root (only earlier groups' roots have been joined). Only the vertical edges within
+        # its reach can cross it. (Roots are found inline: a call per crossing is most of the time.)
+        r = i
         for j in range(bisect_left(xs, hx0 - t), bisect_right(xs, hx1 + t)):
             _, vy0, vy1 = vertical[j]
             if vy0 <= y + t and vy1 >= y - t:
-                rj = root(n + j)
+                rj = n + j
+                while parent[rj] != rj:
+                    parent[rj] = rj = parent[parent[rj]]
                 if rj != r:
-                    parent[rj] = r
+                    parent[r] = r = rj
     groups: dict[int, tuple[list[Edge], list[Edge]]] = {}
     for i, edge in enumerate(horizontal):
         groups.setdefault(root(i), ([], []))[0].append(edge)
@@ -346,35 +357,45 @@ def _find_tables(page: pymupdf.Page, vectors: list[tuple], frames: list[Rect]) -
         return []
     if found is None:  # PyMuPDF 2 reports its own failures as None
         return []
-    return [(tuple(t.bbox), [list(row.cells) for row in t.rows]) for t in found.tables]
+    return [Grid(tuple(t.bbox), [list(row.cells) for row in t.rows]) for t in found.tables]
 
 
-def markdown(rows: list[list[Rect | None]], words: list[Word], box: Rect) -> str:
+def markdown(rows: list[list[Rect | None]], words: list[Word], box: Rect,
+             rules: tuple[list[float], list[float]] | None = None) -> str:
     """The table as markdown, first row as header, from the page's words placed into its cells.
 
+    Each word goes into the cell that holds its centre (on a rule: the cell left of or below it). A clean
+    grid's ``rules`` find that cell by bisection; other tables' cells are searched row by row.
     (Table.to_markdown() builds a text page per cell: ten times slower.)
     """
     if not rows:
         return ""
     bx0, by0, bx1, by1 = box
-    tops = [min((c[1] for c in row if c), default=by1) for row in rows]
-    order = sorted(range(len(rows)), key=tops.__getitem__)
-    sorted_tops = [tops[i] for i in order]
     cells: list[list[list[str]]] = [[[] for _ in row] for row in rows]
-    # Each word goes by its centre: only centres inside the table count (most of the words are outside).
-    centres = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2, w[4]) for w in words
-               if bx0 <= (w[0] + w[2]) / 2 <= bx1 and by0 <= (w[1] + w[3]) / 2 <= by1]
-    for cx, cy, text in centres:
-        k = bisect_right(sorted_tops, cy) - 1
-        if k < 0:
-            continue
-        r = order[k]
-        for c, cell in enumerate(rows[r]):
-            if cell and cell[0] <= cx <= cell[2] and cell[1] <= cy <= cell[3]:
-                cells[r][c].append(text)
-                break
-    lines = ["|" + "|".join(" ".join(cell).replace("|", "\\|") for cell in row) + "|" for row in cells]
+    # Only centres inside the table count (most of the words are outside).
+    centres = [(cx, cy, w[4]) for w in words
+               if bx0 <= (cx := (w[0] + w[2]) / 2) <= bx1 and by0 <= (cy := (w[1] + w[3]) / 2) <= by1]
+    if rules is not None:
+        xs, ys = rules
+        last_row, last_col = len(ys) - 2, len(xs) - 2
+        for cx, cy, text in centres:
+            r = bisect_right(ys, cy) - 1
+            cells[r if r < last_row else last_row][max(0, min(bisect_left(xs, cx) - 1, last_col))].append(text)
+    else:
+        tops = [min((c[1] for c in row if c), default=by1) for row in rows]
+        order = sorted(range(len(rows)), key=tops.__getitem__)
+        sorted_tops = [tops[i] for i in order]
+        for cx, cy, text in centres:
+            k = bisect_right(sorted_tops, cy) - 1
+            if k < 0:
+                continue
+            r = order[k]
+            for c, cell in enumerate(rows[r]):
+                if cell and cell[0] <= cx <= cell[2] and cell[1] <= cy <= cell[3]:
+                    cells[r][c].append(text)
+                    break
     if not any(any(row) for row in cells):
         return ""
+    lines = ["|" + "|".join(" ".join(cell).replace("|", "\\|") for cell in row) + "|" for row in cells]
     width = len(rows[0])
     return "\n".join([lines[0], "|" + "---|" * width, *lines[1:]])
