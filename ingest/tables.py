@@ -16,6 +16,8 @@ Python objects (4.5 ms a table page, ten times get_text); this takes 0.25 ms, wo
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from heapq import heapify, heappop, heappush
 from typing import Any, NamedTuple
 
 import pymupdf
@@ -28,6 +30,9 @@ TOLERANCE = 3.0
 #: MuPDF's box of a stroked line is the line widened by its line width all round: a stroked
 #: piece this thin is a line of line width up to half of it (a rectangle drawn this thin is rare).
 STROKED_LINE_MAX = 6.0
+#: Pieces of line art past which a page that is no clean grid is not handed to find_tables (2,000
+#: pieces of a table with a merged cell take it 0.9 s; it grows with their square).
+FIND_TABLES_MAX_PIECES = 3000
 
 Rect = tuple[float, float, float, float]
 Word = tuple[Any, ...]  # (x0, y0, x1, y1, text, block, line, word)
@@ -73,7 +78,12 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
     art = _line_art(vectors) if vector_blocks else None
     frames = _frames(art.paths, words) if art is not None else []
     grids = _grids(art, frames) if art is not None else None
-    if grids is None:  # line art this module cannot vouch for: find_tables decides
+    if grids is None and len(vectors) > FIND_TABLES_MAX_PIECES:
+        # find_tables joins touching paths in quadratic time: seconds a page past this (a map, a chart).
+        log.info("table_search_skipped", page=page.number + 1, pieces=len(vectors),
+                 reason="too much line art that is no clean grid; its text stays as text")
+        grids = []
+    elif grids is None:  # line art this module cannot vouch for: find_tables decides
         log.debug("find_tables_fallback", page=page.number + 1)
         grids = _find_tables(page, vectors, [box for box, exact in frames if exact])
     out = []
@@ -83,6 +93,10 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
             out.append(Table(bbox, text))
     return out
 
+
+#: Paths past which _frames looks up the paths near a box instead of trying every one (a table's
+#: rules are usually one path or a few; a chart's marks are thousands).
+FEW_PATHS = 64
 
 #: How far above and below the line art words are read: a word is cut short there only if it is
 #: taller than this (see _words_near).
@@ -245,32 +259,94 @@ def _frames(paths: list[tuple[Rect, bool]], words: list[Word]) -> list[tuple[Rec
     of each joined group that holds a word becomes four edges, so a grid without an outer
     border still has one. With whether the box is exact (no curve among its paths).
 
+    The groups are find_tables' own: from the first path left (by bottom, then left), the box
+    grows by every later path that touches it (are_neighbors), scanned last to first and again
+    while it grows. Only paths near the box can touch it: past FEW_PATHS they are looked up in a
+    grid of buckets instead of tried one by one (a chart of thousands of marks would take seconds a
+    page), and the words by their top.
+
     (find_tables' own test compares the box with the characters' PDF-space y, upside down:
     this one uses the words' page coordinates.)
     """
     groups = sorted(paths, key=lambda p: (p[0][3], p[0][0]))
+    many = len(groups) > FEW_PATHS
+    near = _Buckets([r for r, _ in groups]) if many else None
+    alive = [True] * len(groups)
+    by_top = sorted(words, key=lambda w: w[1]) if many else words
+    tops = [w[1] for w in by_top] if many else []
     out: list[tuple[Rect, bool]] = []
-    while groups:
-        box, exact = list(groups[0][0]), groups[0][1]
+    for seed, (first, exact) in enumerate(groups):
+        if not alive[seed]:
+            continue
+        alive[seed] = False
+        box = list(first)
         grown = True
         while grown:
             grown = False
-            for i in range(len(groups) - 1, 0, -1):
+            # A max-heap of the paths after the seed to try, last first: those near the box, and those
+            # near it once it has grown (before the one that grew it: later ones wait for the next round).
+            todo = [-i for i in (near.around(box) if near is not None else range(seed + 1, len(groups)))
+                    if i > seed and alive[i]]
+            heapify(todo)
+            queued = set(todo)
+            while todo:
+                i = -heappop(todo)
                 r, r_exact = groups[i]
                 if _neighbours(box, r):
+                    before = box
                     box = [min(box[0], r[0]), min(box[1], r[1]), max(box[2], r[2]), max(box[3], r[3])]
                     exact = exact and r_exact
-                    del groups[i]
+                    alive[i] = False
                     grown = True
-        del groups[0]
+                    for j in near.around(box, before) if near is not None else ():
+                        if seed < j < i and alive[j] and -j not in queued:
+                            queued.add(-j)
+                            heappush(todo, -j)
         x0, y0, x1, y1 = box
         if x1 - x0 < TOLERANCE or y1 - y0 < TOLERANCE:
             continue  # a lone rule: no word fits in it, and its frame would be itself
-        for w in words:
+        for k in range(bisect_left(tops, y0), bisect_right(tops, y1)) if many else range(len(by_top)):
+            w = by_top[k]
             if x0 <= w[0] and w[2] <= x1 and y0 <= w[1] and w[3] <= y1:
                 out.append(((x0, y0, x1, y1), exact))
                 break
     return out
+
+
+class _Buckets:
+    """Boxes by the squares of a grid they overlap (widened by the tolerance): those near a box, fast."""
+
+    SIZE = 32.0
+
+    def __init__(self, boxes: list[Rect]) -> None:
+        self.boxes = boxes
+        self.cells: dict[tuple[int, int], list[int]] = {}
+        for i, box in enumerate(boxes):
+            for cell in self._cells(box):
+                self.cells.setdefault(cell, []).append(i)
+
+    def _cells(self, box: Rect | list[float]) -> Iterator[tuple[int, int]]:
+        t, size = TOLERANCE, self.SIZE
+        xs = range(int((box[0] - t) // size), int((box[2] + t) // size) + 1)
+        for y in range(int((box[1] - t) // size), int((box[3] + t) // size) + 1):
+            for x in xs:
+                yield x, y
+
+    def around(self, box: list[float], before: list[float] | None = None) -> set[int]:
+        """The boxes within the tolerance of ``box`` (and a few more, from the same squares); with
+        ``before`` (a box inside it), only those near the part of ``box`` outside ``before``: the
+        strips it grew by (a whole table's boxes again at every growth would take quadratic time)."""
+        if before is None:
+            areas = [box]
+        else:
+            (x0, y0, x1, y1), (bx0, by0, bx1, by1) = box, before
+            areas = [area for area, grew in (([x0, y0, bx0, y1], x0 < bx0), ([bx1, y0, x1, y1], x1 > bx1),
+                                             ([bx0, y0, bx1, by0], y0 < by0), ([bx0, by1, bx1, y1], y1 > by1)) if grew]
+        found: set[int] = set()
+        for area in areas:
+            for cell in self._cells(area):
+                found.update(self.cells.get(cell, ()))
+        return found
 
 
 def _merge(edges: list[Edge]) -> list[Edge]:

@@ -280,3 +280,74 @@ def test_words_near_the_line_art_are_the_pages_words_there_and_leave_the_text_pa
             near = tables._words_near(textpage, vectors)
             assert near == [w for w in every if w[3] > top and w[1] < bottom]
             assert textpage.rect == page.rect and textpage.extractWORDS() == every  # the clip is put back
+
+
+def test_line_art_past_the_limit_that_is_no_clean_grid_is_not_handed_to_find_tables(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    import pymupdf
+
+    from ingest import tables
+
+    called: list[int] = []
+    find_tables = pymupdf.Page.find_tables
+
+    def spy(page: pymupdf.Page, *args: object, **kwargs: object) -> object:
+        called.append(page.number + 1)
+        return find_tables(page, *args, **kwargs)
+
+    monkeypatch.setattr(pymupdf.Page, "find_tables", spy)
+    monkeypatch.setattr(tables, "FIND_TABLES_MAX_PIECES", 10)  # the merged header cell's table has more
+    with PdfReader(make.table_layouts(tmp_path / "layouts.pdf"), max_bytes=1 << 30) as reader:
+        pages = list(reader.read())
+    assert called == []
+    assert tables_of(pages[5]) == []
+    assert "bolts Leith 120" in " ".join(texts_of(pages[5]))  # its words stay, as text
+    assert tables_of(pages[0]) == [STOCK_MD]  # clean grids are still read
+
+
+def _frames_as_find_tables_joins_them(paths: list, words: list) -> list:
+    """make_edges.clean_graphics, plainly (quadratic): the oracle for tables._frames."""
+    from ingest import tables
+
+    groups = sorted(paths, key=lambda p: (p[0][3], p[0][0]))
+    out = []
+    while groups:
+        box, exact = list(groups[0][0]), groups[0][1]
+        grown = True
+        while grown:
+            grown = False
+            for i in range(len(groups) - 1, 0, -1):
+                r, r_exact = groups[i]
+                if tables._neighbours(box, r):
+                    box = [min(box[0], r[0]), min(box[1], r[1]), max(box[2], r[2]), max(box[3], r[3])]
+                    exact = exact and r_exact
+                    del groups[i]
+                    grown = True
+        del groups[0]
+        x0, y0, x1, y1 = box
+        if x1 - x0 >= tables.TOLERANCE and y1 - y0 >= tables.TOLERANCE and any(
+                x0 <= w[0] and w[2] <= x1 and y0 <= w[1] and w[3] <= y1 for w in words):
+            out.append(((x0, y0, x1, y1), exact))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n_paths", [40, 400])  # tried one by one, and looked up (past tables.FEW_PATHS)
+def test_paths_join_into_frames_as_find_tables_joins_them(seed: int, n_paths: int) -> None:
+    import random
+
+    from ingest import tables
+
+    rng = random.Random(seed)
+    paths = []
+    for _ in range(n_paths):  # rules, cells and marks, touching at random, and now and then a long frame
+        x, y = rng.uniform(0, 580), rng.uniform(0, 820)
+        w, h = rng.choice([(rng.uniform(0, 1), rng.uniform(5, 40)), (rng.uniform(5, 40), rng.uniform(0, 1)),
+                           (rng.uniform(5, 30), rng.uniform(5, 20))] * 30 + [(rng.uniform(50, 300), rng.uniform(1, 200))])
+        paths.append(((x, y, x + w, y + h), rng.random() < 0.9))
+    words = []
+    for _ in range(600):
+        x, y = rng.uniform(0, 580), rng.uniform(0, 820)
+        words.append((x, y, x + rng.uniform(2, 8), y + rng.uniform(3, 5), "w", 0, 0, 0))
+    expected = _frames_as_find_tables_joins_them(paths, words)
+    assert tables._frames(paths, words) == expected and len(expected) >= n_paths // 80
