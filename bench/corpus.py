@@ -146,3 +146,28 @@ def write_fact_pdfs(folder: Path, *, docs: int, pages: int, seed: int = 5) -> li
         doc.save(folder / file)
         doc.close()
     return golds
+
+
+def write_chart_pdfs(folder: Path, *, docs: int, pages: int, marks: int = 2000, seed: int = 17) -> list[Path]:
+    """Chart-heavy PDFs: every page has a caption and a scatter plot of ``marks`` small square marks
+    (each its own path, as plotting libraries draw them) between axes with tick labels."""
+    rng = random.Random(seed)
+
+    def fill(page: pymupdf.Page, _: int) -> None:
+        page.insert_textbox(pymupdf.Rect(50, 50, 550, 150), page_text(rng, 80), fontsize=9)
+        left, top, right, bottom = 80.0, 180.0, 540.0, 700.0
+        shape = page.new_shape()
+        shape.draw_line((left, top), (left, bottom))
+        shape.draw_line((left, bottom), (right, bottom))
+        shape.finish(width=0.8, color=(0, 0, 0))
+        for _ in range(marks):
+            x, y = rng.uniform(left + 4, right - 4), rng.uniform(top + 4, bottom - 4)
+            shape.draw_rect(pymupdf.Rect(x - 2, y - 2, x + 2, y + 2))
+            shape.finish(width=0.3, color=(0.1, 0.3, 0.7), fill=(0.5, 0.7, 0.9))
+        shape.commit()
+        for i in range(6):
+            page.insert_text((left - 24, bottom - i * 100 + 3), f"{i * 20}", fontsize=7)
+            page.insert_text((left + i * 90 - 4, bottom + 14), f"{i * 10}", fontsize=7)
+        page.insert_textbox(pymupdf.Rect(50, 730, 550, 800), page_text(rng, 40), fontsize=9)
+
+    return _write(folder, "charts", "Generated charts", docs=docs, pages=pages, fill=fill)

@@ -1,7 +1,8 @@
 """Ingestion: parse+chunk pages/s (the ingest package's own code) vs raw PyMuPDF page.get_text(); end to end.
 
 The PDFs are generated (bench.corpus): several documents of many pages of English-like
-text, and as many table-heavy ones (every page a ruled table between two paragraphs);
+text, as many table-heavy ones (every page a ruled table between two paragraphs), chart-heavy
+ones (a scatter plot of thousands of marks a page: line art that is no table);
 and dossier-bench's 22 real-looking PDFs (contracts, reports, invoices, scans). Each set
 is timed against raw get_text on the same files, best of several rounds; the table-heavy set
 also against tables read the plain way (page.find_tables() and to_markdown() on every page). End to end is
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pymupdf
 
-from bench.corpus import write_pdfs, write_table_pdfs
+from bench.corpus import write_chart_pdfs, write_pdfs, write_table_pdfs
 from bench.harness import Context, Row, ratio, service_env, settings_of, start_worker
 from bench.retrieval import case_pdfs
 from core.redis import connect
@@ -101,6 +102,11 @@ async def run(ctx: Context) -> list[Row]:
     table_ours_s = timed(lambda: [t for p in table_paths for t in chunk_texts(p, settings, counter)], 5)
     table_plain_s = timed(lambda: find_tables_pages(table_paths), 1)  # a hundred times slower: once is enough
 
+    chart_paths = write_chart_pdfs(work / "charts", docs=1, pages=4 if ctx.quick else 10)
+    chart_pages = raw_pages(chart_paths)
+    chart_raw_s = timed(lambda: raw_pages(chart_paths), 5)
+    chart_ours_s = timed(lambda: [t for p in chart_paths for t in chunk_texts(p, settings, counter)], 5)
+
     # Scanned pages are skipped, not OCRed, on both sides: raw get_text reads nothing from them either.
     dossier_settings = settings_of(service_env(ctx.redis_url, ctx.prefix("ingest"), work / "data", ingest_ocr="false"))
     dossier_paths = dossier_pdfs()
@@ -138,6 +144,10 @@ async def run(ctx: Context) -> list[Row]:
         Row(bench="ingest", measure="parse+chunk, table-heavy (as above) vs get_text + PyMuPDF page.find_tables() "
             "+ Table.to_markdown() on every page", ours=f"{total / table_ours_s:,.0f} pages/s",
             baseline=f"{total / table_plain_s:,.1f} pages/s", ratio=ratio(total / table_ours_s, total / table_plain_s)),
+        Row(bench="ingest", measure=f"parse+chunk, chart-heavy: {chart_pages} pages, each a scatter plot of 2,000 "
+            "marks (its own path each) between paragraphs (ingest code) vs raw PyMuPDF page.get_text()",
+            ours=f"{chart_pages / chart_ours_s:,.0f} pages/s", baseline=f"{chart_pages / chart_raw_s:,.0f} pages/s",
+            ratio=ratio(chart_pages / chart_ours_s, chart_pages / chart_raw_s)),
         Row(bench="ingest", measure=f"parse+chunk, dossier-bench: {len(dossier_paths)} PDFs, {dossier_pages} pages, "
             "OCR off (ingest code) vs raw PyMuPDF page.get_text()",
             ours=f"{dossier_pages / dossier_ours_s:,.0f} pages/s ({len(dossier_chunks)} chunks)",
