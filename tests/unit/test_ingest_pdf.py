@@ -351,3 +351,20 @@ def test_paths_join_into_frames_as_find_tables_joins_them(seed: int, n_paths: in
         words.append((x, y, x + rng.uniform(2, 8), y + rng.uniform(3, 5), "w", 0, 0, 0))
     expected = _frames_as_find_tables_joins_them(paths, words)
     assert tables._frames(paths, words) == expected and len(expected) >= n_paths // 80
+
+
+@pytest.mark.parametrize("touching", [False, True])
+def test_many_curves_are_looked_up_near_each_grid(touching: bool) -> None:
+    from ingest import tables
+
+    # A clean 3x3 ruled grid, and past tables.FEW_PATHS curves (a chart's marks) below it.
+    art = tables._Art(horizontal=[(y, 100.0, 400.0) for y in (100.0, 120.0, 140.0, 160.0)],
+                      vertical=[(x, 100.0, 160.0) for x in (100.0, 200.0, 300.0, 400.0)], paths=[],
+                      opaque=[(100.0 + 3 * k, 500.0, 102.0 + 3 * k, 502.0) for k in range(tables.FEW_PATHS * 2)])
+    if touching:  # one of them on the grid's right rule: its straight parts may be rules too
+        art.opaque[77] = (401.0, 130.0, 404.0, 133.0)
+    grids = tables._grids(art, [])
+    if touching:
+        assert grids is None
+    else:
+        assert grids is not None and [g.bbox for g in grids] == [(100.0, 100.0, 400.0, 160.0)]
