@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 from bisect import bisect_right
@@ -41,6 +42,10 @@ _VECTOR_BLOCKS = bool(getattr(pymupdf, "TEXT_COLLECT_VECTORS", 0))
 #: A page with fewer characters than this (a page number, a stamp) but an image covering
 #: most of it is a scan.
 SCAN_MAX_CHARS = 64
+#: Pixels a page is rendered to for OCR at most: Tesseract and the image take about 17 bytes a pixel,
+#: so this keeps `python -m ingest` within its 300 MB (a letter page at 200 dpi is 3.7 million; a
+#: poster-sized scan is OCRed at a lower dpi instead of taking gigabytes).
+OCR_MAX_PIXELS = 6_000_000
 #: Fraction of the page height at the top and at the bottom where headers and footers live.
 MARGIN = 0.08
 #: Pages looked at on each side of a page to decide that a margin line repeats.
@@ -210,16 +215,27 @@ def _join_hyphens(text: str) -> str:
     return _HYPHEN_BREAK.sub(r"\1", text)
 
 
+def ocr_dpi(page: pymupdf.Page, dpi: int) -> int:
+    """``dpi``, lowered where the page is so large that its image would pass OCR_MAX_PIXELS (a poster)."""
+    area = abs(page.rect) or 1.0
+    if area * (dpi / 72) ** 2 <= OCR_MAX_PIXELS:
+        return dpi
+    return max(1, int(72 * math.sqrt(OCR_MAX_PIXELS / area)))
+
+
 def _ocr_blocks(page: pymupdf.Page, ocr: OcrOptions, folder: str) -> list[Block]:
     """The page's text blocks read by Tesseract, in the coordinates of the page as shown."""
+    dpi = ocr_dpi(page, ocr.dpi)
+    if dpi != ocr.dpi:
+        log.info("ocr_dpi_lowered", page=page.number + 1, dpi=dpi, asked=ocr.dpi, max_pixels=OCR_MAX_PIXELS)
     if page.rotation % 360 == 0:
-        textpage = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=ocr.dpi, full=True,
+        textpage = page.get_textpage_ocr(flags=TEXT_FLAGS, language=ocr.language, dpi=dpi, full=True,
                                          tessdata=folder)
         raw = page.get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP, textpage=textpage)
     else:
         # MuPDF's OCR text page loses lines of a page with a /Rotate (seen at 270): the page is OCRed as
         # shown instead, into a one-page PDF of the same size whose text is where it is on the page.
-        pixmap = page.get_pixmap(dpi=ocr.dpi)
+        pixmap = page.get_pixmap(dpi=dpi)
         with pymupdf.open("pdf", pixmap.pdfocr_tobytes(language=ocr.language, tessdata=folder)) as scan:
             raw = scan[0].get_text("blocks", flags=TEXT_FLAGS | pymupdf.TEXT_MEDIABOX_CLIP)
     return [Block(b[0], b[1], b[2], b[3], b[4]) for b in raw if b[6] == _TEXT and b[4].strip()]

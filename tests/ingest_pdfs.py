@@ -179,8 +179,9 @@ def many_pages(path: Path, pages: int, *, outline: bool = True) -> Path:
     return path
 
 
-def scanned(path: Path, text: str = "Scanned pages hold harvest figures") -> Path:
-    """Page 1 has text; page 2 is only an image of text (no text layer)."""
+def scanned(path: Path, text: str = "Scanned pages hold harvest figures", *, width: float = WIDTH,
+            height: float = HEIGHT) -> Path:
+    """Page 1 has text; page 2 is only an image of text (no text layer), ``width`` x ``height`` points."""
     source = pymupdf.open()
     page = source.new_page(width=WIDTH, height=HEIGHT)
     page.insert_text((50, 100), text, fontsize=28)
@@ -188,7 +189,7 @@ def scanned(path: Path, text: str = "Scanned pages hold harvest figures") -> Pat
     source.close()
     doc = pymupdf.open()
     doc.new_page(width=WIDTH, height=HEIGHT).insert_text((50, 100), "A normal page with a text layer.", fontsize=11)
-    doc.new_page(width=WIDTH, height=HEIGHT).insert_image(pymupdf.Rect(0, 0, WIDTH, HEIGHT), pixmap=pixmap)
+    doc.new_page(width=width, height=height).insert_image(pymupdf.Rect(0, 0, width, height), pixmap=pixmap)
     doc.save(path)
     doc.close()
     return path

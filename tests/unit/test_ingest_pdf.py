@@ -368,3 +368,35 @@ def test_many_curves_are_looked_up_near_each_grid(touching: bool) -> None:
         assert grids is None
     else:
         assert grids is not None and [g.bbox for g in grids] == [(100.0, 100.0, 400.0, 160.0)]
+
+
+def test_ocr_dpi_is_lowered_only_where_the_image_would_pass_the_pixel_bound() -> None:
+    import pymupdf
+
+    with pymupdf.open() as doc:
+        doc.new_page(width=612, height=792)
+        doc.new_page(width=2400, height=2400)
+        letter, poster = doc[0], doc[1]
+        assert pdf.ocr_dpi(letter, 200) == 200  # 3.7 million pixels
+        assert pdf.ocr_dpi(letter, 300) == 253  # 8.4 million at 300 dpi: lowered
+        lowered = pdf.ocr_dpi(poster, 200)  # 44 million pixels at 200 dpi
+        assert lowered == 73 and (2400 * lowered / 72) ** 2 <= pdf.OCR_MAX_PIXELS
+
+
+@pytest.mark.skipif(tessdata("eng") is None, reason="Tesseract (tesseract-ocr) is not installed")
+def test_a_poster_sized_scan_is_ocred_within_the_pixel_bound(tmp_path: Path, monkeypatch) -> None:
+    import pymupdf
+
+    rendered: list[float] = []
+    get_pixmap = pymupdf.Page.get_pixmap
+
+    def spy(page: pymupdf.Page, *args: object, **kwargs: object) -> pymupdf.Pixmap:
+        pixmap = get_pixmap(page, *args, **kwargs)
+        rendered.append(pixmap.width * pixmap.height)
+        return pixmap
+
+    monkeypatch.setattr(pymupdf.Page, "get_pixmap", spy)  # what OCR renders the page to
+    with PdfReader(make.scanned(tmp_path / "poster.pdf", width=2400, height=2400), max_bytes=1 << 30) as reader:
+        page = list(reader.read(pdf.OcrOptions()))[1]
+    assert page.ocr and "harvest figures" in " ".join(b.text for b in page.blocks).lower()
+    assert rendered and max(rendered) <= pdf.OCR_MAX_PIXELS
