@@ -32,25 +32,17 @@ from ingest.producer import Producer
 from workers.embedder import OnnxEmbedder
 
 
-def raw_pages(paths: list[Path]) -> int:
+def raw_pages(paths: list[Path], *, tables: bool = False) -> int:
+    """get_text on every page; with ``tables``, also what the issue names for them, done plainly:
+    page.find_tables() and each table's markdown."""
     pages = 0
     for path in paths:
         with pymupdf.open(path) as doc:
             for page in doc:
                 page.get_text()
-                pages += 1
-    return pages
-
-
-def find_tables_pages(paths: list[Path]) -> int:
-    """What the issue names for tables, done plainly: get_text, then page.find_tables() and each table's markdown."""
-    pages = 0
-    for path in paths:
-        with pymupdf.open(path) as doc:
-            for page in doc:
-                page.get_text()
-                for table in page.find_tables(use_layout=False).tables:
-                    table.to_markdown()
+                if tables:
+                    for table in page.find_tables(use_layout=False).tables:
+                        table.to_markdown()
                 pages += 1
     return pages
 
@@ -100,7 +92,7 @@ async def run(ctx: Context) -> list[Row]:
     table_chunks = [t for p in table_paths for t in chunk_texts(p, settings, counter)]
     table_raw_s = timed(lambda: raw_pages(table_paths), 5)
     table_ours_s = timed(lambda: [t for p in table_paths for t in chunk_texts(p, settings, counter)], 5)
-    table_plain_s = timed(lambda: find_tables_pages(table_paths), 1)  # a hundred times slower: once is enough
+    table_plain_s = timed(lambda: raw_pages(table_paths, tables=True), 1)  # a hundred times slower: once is enough
 
     chart_paths = write_chart_pdfs(work / "charts", docs=1, pages=4 if ctx.quick else 10)
     chart_pages = raw_pages(chart_paths)
