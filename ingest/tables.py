@@ -34,6 +34,9 @@ STROKED_LINE_MAX = 6.0
 #: 0.3 s on a table of 1,000 cells with a merged one, 0.9 s on 2,000 (it grows with their square), and
 #: seconds on a chart of a few thousand marks.
 FIND_TABLES_MAX_PIECES = 1500
+#: Paths (or curves) past which the ones near a box are looked up in a grid of buckets instead of
+#: tried one by one (a table's rules are usually one path or a few; a chart's marks are thousands).
+FEW_PATHS = 64
 
 Rect = tuple[float, float, float, float]
 Word = tuple[Any, ...]  # (x0, y0, x1, y1, text, block, line, word)
@@ -94,10 +97,6 @@ def find(page: pymupdf.Page, vectors: list[tuple], textpage: pymupdf.TextPage,  
             out.append(Table(bbox, text))
     return out
 
-
-#: Paths past which _frames looks up the paths near a box instead of trying every one (a table's
-#: rules are usually one path or a few; a chart's marks are thousands).
-FEW_PATHS = 64
 
 #: How far above and below the line art words are read: a word is cut short there only if it is
 #: taller than this (see _words_near).
@@ -323,7 +322,6 @@ class _Buckets:
     SIZE = 32.0
 
     def __init__(self, boxes: list[Rect]) -> None:
-        self.boxes = boxes
         self.cells: dict[tuple[int, int], list[int]] = {}
         for i, box in enumerate(boxes):
             for cell in self._cells(box):
