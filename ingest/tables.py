@@ -50,8 +50,9 @@ class Table(NamedTuple):
 
 def grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type: ignore[type-arg]
     """At least three horizontal and two vertical rules (lines, or rectangle edges) in the body of
-    the page (between ``top`` and ``bottom``): the least a ruled table has. Underlines, page frames
-    and header or footer rules are not worth looking for tables in."""
+    the page (between ``top`` and ``bottom``): the least a ruled table has. Underlines, page frames,
+    header or footer rules and the marks of a chart (small every way: no rule, no cell) are not
+    worth looking for tables in."""
     horizontal: set[int] = set()
     vertical: set[int] = set()
     for vector in vectors:
@@ -63,7 +64,7 @@ def grid_like(vectors: list[tuple], top: float, bottom: float) -> bool:  # type:
             horizontal.add(round(y0))
         elif w <= 3 and h > 8:
             vertical.add(round(x0))
-        elif w > 3 and h > 3:
+        elif w > 3 and h > 3 and (w > 8 or h > 8):
             horizontal.update((round(y0), round(y1)))
             vertical.update((round(x0), round(x1)))
     return len(horizontal) >= 3 and len(vertical) >= 2

@@ -157,6 +157,10 @@ def test_only_grid_like_line_art_is_searched_for_tables() -> None:
     assert not grid_like(frame + rules, 67.0, 775.0)
     cells = [(50 + 100 * c, 160 + 20 * r, 150 + 100 * c, 180 + 20 * r) for r in range(2) for c in range(2)]
     assert grid_like(cells, 67.0, 775.0)
+    marks = [(60 + 7 * k, 200 + 3 * k, 64 + 7 * k, 204 + 3 * k) for k in range(60)]  # a chart's, 4 pt squares
+    axes = [(55, 190, 56, 400), (55, 400, 500, 401)]
+    assert not grid_like(marks + axes, 67.0, 775.0)
+    assert grid_like(marks + axes + cells, 67.0, 775.0)
 
 
 @pytest.fixture(scope="module")
