@@ -30,9 +30,10 @@ from app.jobs import Jobs, links
 from app.schemas import ErrorInfo, Links
 from core.documents import DocumentRecord
 from core.errors import BadRequest
+from core.payload import DEFAULT_COLLECTION
 from core.protocol import new_id
 from ingest.chunker import TokenCounter
-from ingest.producer import DEFAULT_COLLECTION, IngestFile, Producer
+from ingest.producer import IngestFile, Producer
 
 log = structlog.get_logger("app.documents")
 

@@ -94,12 +94,15 @@ class Registry:
             pipe.delete(key, self._keys.document_batches(record.collection, record.id))
             pipe.hset(key, mapping=_encode(record))
             pipe.sadd(self._keys.documents, _member(record.collection, record.id))
+            pipe.hset(self._keys.indexing(record.collection), record.id, record.file)
             await pipe.execute()
 
     async def update(self, collection: str, document_id: str, **fields: str | int) -> None:
         key = self._keys.document(collection, document_id)
         if await self._redis.exists(key):
             await self._redis.hset(key, mapping={**fields, "updated_ms": now_ms()})  # type: ignore[arg-type]
+            if fields.get("status", "indexing") != "indexing":
+                await self._redis.hdel(self._keys.indexing(collection), document_id)
 
     async def fail(self, collection: str, document_id: str, code: str, message: str) -> None:
         await self.update(collection, document_id, status="failed", error_code=code, error=message)
@@ -119,6 +122,7 @@ class Registry:
             pipe.hset(self._keys.document(record.collection, record.id),
                       mapping={"status": "ready", "updated_ms": now_ms(), "replaces": ""})
             pipe.delete(self._keys.document_batches(record.collection, record.id))
+            pipe.hdel(self._keys.indexing(record.collection), record.id)
             pipe.hset(self._keys.sources, _member(record.collection, record.source), record.id)
             for old in replaced:
                 pipe.delete(self._keys.document(record.collection, old),
@@ -132,9 +136,19 @@ class Registry:
             pipe.delete(self._keys.document(collection, document_id),
                         self._keys.document_batches(collection, document_id))
             pipe.srem(self._keys.documents, _member(collection, document_id))
+            pipe.hdel(self._keys.indexing(collection), document_id)
             await pipe.execute()
         if record is not None and await self.by_source(collection, record.source) == document_id:
             await self._redis.hdel(self._keys.sources, _member(collection, record.source))
+
+    async def indexing_files(self, collections: set[str]) -> dict[str, list[str]]:
+        """The files of each collection still being indexed (in one round trip)."""
+        names = sorted(collections)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hvals(self._keys.indexing(name))
+            replies = await pipe.execute()
+        return {name: sorted(v.decode() for v in files) for name, files in zip(names, replies) if files}
 
     async def documents(self, collection: str | None = None) -> list[DocumentRecord]:
         members = sorted(m.decode() for m in await self._redis.smembers(self._keys.documents))

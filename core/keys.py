@@ -48,6 +48,10 @@ class Keys:
         """A document's registry hash: status, file, source, pages, chunks..."""
         return f"{self.prefix}:doc:{{{collection}/{document_id}}}"
 
+    def indexing(self, collection: str) -> str:
+        """Hash document id -> file of the collection's documents being indexed (not yet searchable)."""
+        return f"{self.prefix}:indexing:{{{collection}}}"
+
     def document_batches(self, collection: str, document_id: str) -> str:
         """Bitmap of the document's batches indexed so far (bit = batch position): redeliveries count once."""
         return f"{self.prefix}:doc:{{{collection}/{document_id}}}:batches"

@@ -18,10 +18,17 @@ from msgspec import Struct
 # ---------------------------------------------------------------- job messages
 
 
+Retrieval = Literal["hybrid", "dense", "sparse"]
+
+
 class Query(Struct, frozen=True, tag="query", kw_only=True):
     question: str
     top_k: int = 5
     collection: str | None = None
+    #: Overrides of RAG_RETRIEVAL_MODE and of the reranker being on, for one question (the
+    #: evaluation runs each arm alone on the same service).
+    retrieval: Retrieval | None = None
+    rerank: bool | None = None
 
 
 class ChunkIn(Struct, frozen=True, kw_only=True):
@@ -32,8 +39,12 @@ class ChunkIn(Struct, frozen=True, kw_only=True):
     page: int
     page_end: int
     index: int
-    #: The deepest outline (table of contents) entry the chunk starts under, if the PDF has an outline.
+    #: The deepest outline entry (or detected heading) the chunk is under.
     section: str | None = None
+    #: The contextual header both arms index with the text: document title and section path.
+    context: str = ""
+    #: The chunk is on a table of contents, an index or a list of figures.
+    nav: bool = False
 
 
 class Document(Struct, frozen=True, kw_only=True):
@@ -158,6 +169,8 @@ class Timings(Struct, frozen=True, kw_only=True):
 
 class Sources(Struct, frozen=True, tag="sources", tag_field="type", kw_only=True):
     sources: list[Source]
+    #: Files of the collection still being indexed: not searched until every chunk of theirs is in.
+    indexing: list[str] = []
 
 
 class Token(Struct, frozen=True, tag="token", tag_field="type", kw_only=True):

@@ -62,6 +62,36 @@ class LLMSettings(Struct, frozen=True, kw_only=True):
     context_chars: PositiveInt = 900
 
 
+class RetrievalSettings(Struct, frozen=True, kw_only=True):
+    #: ``hybrid``: the dense and the BM25 arm, fused; ``dense`` or ``sparse``: one arm alone.
+    mode: Literal["hybrid", "dense", "sparse"] = "hybrid"
+    #: How the arms' rankings are fused: reciprocal rank fusion, or distribution-based score fusion.
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    #: RRF's k: 1 / (k + rank) per arm.
+    rrf_k: PositiveInt = 60
+    #: Weights of the arms in RRF.
+    dense_weight: Annotated[float, Meta(ge=0)] = 1.0
+    sparse_weight: Annotated[float, Meta(ge=0)] = 1.0
+    #: Candidates each arm hands to the fusion.
+    candidates: PositiveInt = 50
+    #: Chunks of tables of contents, indexes and lists of figures: left out of the results, or searched too.
+    nav_pages: Literal["exclude", "include"] = "exclude"
+    #: Embedded store: points added since the last optimization that start a new one in the background.
+    optimize_points: PositiveInt = 5_000
+
+
+class RerankerSettings(Struct, frozen=True, kw_only=True):
+    #: ``off``; ``cohere``: a ``/rerank`` endpoint as Cohere, Jina, Infinity and vLLM serve it;
+    #: ``tei``: Hugging Face Text Embeddings Inference's ``/rerank``.
+    backend: Literal["off", "cohere", "tei"] = "off"
+    base_url: str | None = None
+    api_key: str = "unused"
+    model: str = "rerank"
+    #: The fused top this many are reranked.
+    candidates: PositiveInt = 20
+    timeout_s: PositiveFloat = 10.0
+
+
 class WorkerSettings(Struct, frozen=True, kw_only=True):
     #: Most jobs read and embedded together.
     batch_size: PositiveInt = 16
@@ -131,6 +161,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     qdrant: QdrantSettings = QdrantSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     llm: LLMSettings = LLMSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    reranker: RerankerSettings = RerankerSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     limits: LimitSettings = LimitSettings()

@@ -21,9 +21,10 @@ from rich.table import Table
 from core.heartbeats import alive_workers
 from core.keys import Keys
 from core.logs import configure_logging
+from core.payload import DEFAULT_COLLECTION
 from core.redis import connect
 from core.settings import Settings, load_or_exit
-from ingest.producer import DEFAULT_COLLECTION, FileResult, Producer, RunState, expand
+from ingest.producer import FileResult, Producer, RunState, expand
 
 COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -20,6 +20,7 @@ from msgspec import Struct
 from core.documents import DocumentRecord, Registry
 from core.events import EventWriter
 from core.keys import Keys
+from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
     ChunkIn,
     DeleteDocument,
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 log = structlog.get_logger("ingest")
-
-DEFAULT_COLLECTION = "default"
 
 T = TypeVar("T")
 

@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 import structlog
 from msgspec import Struct
 
+from core.documents import Registry
 from core.errors import BadRequest, RagError
+from core.payload import DEFAULT_COLLECTION, indexed_text
 from core.protocol import Done, Error, Event, Query, Restart, Source, Sources, Timings, Token, now_ms
 from workers.generator import Answer
-from workers.store import DEFAULT_COLLECTION, Hit
+from workers.sparse import Bm25Encoder
+from workers.store import Hit, Search, fusion_of
 from workers.tokens import TokenCoalescer
 
 if TYPE_CHECKING:
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from workers.embedder import Embedder, Reservation
     from workers.generator import Generator
     from workers.metrics import Metrics
+    from workers.reranker import Reranker
     from workers.store import VectorStore
 
 log = structlog.get_logger("workers.answers")
@@ -79,6 +83,8 @@ class QueryPipeline:
         events: EventWriter,
         consumer: Consumer,
         metrics: Metrics,
+        bm25: Bm25Encoder | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         self._settings = settings
         self._embedder = embedder
@@ -87,6 +93,10 @@ class QueryPipeline:
         self._events = events
         self._consumer = consumer
         self._metrics = metrics
+        self._bm25 = bm25 or Bm25Encoder()
+        self._reranker = reranker
+        self._fusion = fusion_of(settings)
+        self._registry = Registry(events.redis, events.keys)
 
     async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
         """Embed every question in one call, search once for all, and send each job its sources."""
@@ -116,25 +126,28 @@ class QueryPipeline:
 
     async def _prepare(self, valid: list[tuple[Delivery, Query]], reservations: dict[bytes, Reservation],
                        started: float, picked_ms: int) -> list[Prepared]:
-        questions = [q.question for _, q in valid]
-        vectors = await self._embedder.embed(questions, urgent=True)
-        embedded = time.perf_counter()
-        limit = max(q.top_k for _, q in valid)
-        results = await self._store.search_batch(
-            vectors, limit=limit, collection=[q.collection or DEFAULT_COLLECTION for _, q in valid]
-        )
+        queries = [q for _, q in valid]
+        searches, embedded = await self._searches(queries)
+        embedded_at = time.perf_counter()
+        rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
+        candidates = self._settings.reranker.candidates if any(rerank) else 0
+        limit = max(max(q.top_k for q in queries), candidates)
+        results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion)
+        results = await self._reranked(queries, results, rerank)
         searched = time.perf_counter()
-        self._metrics.incr(query_batches=1, query_embed_calls=1, queries_embedded=len(valid), searches=1)
-        log.info("query_batch", size=len(valid), embed_ms=round((embedded - started) * 1000, 1),
-                 search_ms=round((searched - embedded) * 1000, 2))
+        indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})
+        self._metrics.incr(query_batches=1, query_embed_calls=int(embedded), queries_embedded=embedded, searches=1)
+        log.info("query_batch", size=len(valid), embed_ms=round((embedded_at - started) * 1000, 1),
+                 search_ms=round((searched - embedded_at) * 1000, 2))
         # Every job's sources (after a `restart` for a job claimed again) in one round trip.
-        sources = [to_sources(hits[: q.top_k]) for (_, q), hits in zip(valid, results)]
+        sources = [to_sources(hits[: q.top_k]) for q, hits in zip(queries, results)]
         events: list[tuple[str, Event]] = []
-        for (delivery, _), found in zip(valid, sources):
+        for (delivery, query), found in zip(valid, sources):
             assert delivery.job is not None
             if delivery.deliveries > 1:
                 events.append((delivery.job.id, Restart(delivery=delivery.deliveries)))
-            events.append((delivery.job.id, Sources(sources=found)))
+            events.append((delivery.job.id, Sources(
+                sources=found, indexing=indexing.get(query.collection or DEFAULT_COLLECTION, []))))
         written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
         prepared: list[Prepared] = []
         for (delivery, query), found in zip(valid, sources):
@@ -145,13 +158,56 @@ class QueryPipeline:
                 continue
             timings = Timings(
                 queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
-                embed_ms=round((embedded - started) * 1000, 2),
-                search_ms=round((searched - embedded) * 1000, 2),
+                embed_ms=round((embedded_at - started) * 1000, 2),
+                search_ms=round((searched - embedded_at) * 1000, 2),
                 batch_size=len(valid),
             )
             prepared.append(Prepared(delivery, query, found, timings,
                                      reservation=reservations.pop(delivery.entry_id)))
         return prepared
+
+    async def _searches(self, queries: list[Query]) -> tuple[list[Search], int]:
+        """Each question's search by the arms its retrieval mode names, and how many were embedded.
+
+        The dense arm embeds every question of the batch in one call; a question with no
+        searchable word (stopwords or symbols only) has no BM25 arm and goes by the dense one.
+        """
+        default = self._settings.retrieval.mode
+        modes = [q.retrieval or default for q in queries]
+        dense_rows = [i for i, (q, m) in enumerate(zip(queries, modes)) if m != "sparse"]
+        sparse = [self._bm25.query(q.question) if m != "dense" else None for q, m in zip(queries, modes)]
+        # The BM25 arm alone cannot search a question it has no word of: the dense arm does then.
+        dense_rows += [i for i, m in enumerate(modes) if m == "sparse" and sparse[i] is None]
+        vectors: dict[int, list[float]] = {}
+        if dense_rows:
+            rows = await self._embedder.embed([queries[i].question for i in dense_rows], urgent=True)
+            vectors = {i: row.tolist() for i, row in zip(dense_rows, rows)}
+        searches = [Search(collection=q.collection or DEFAULT_COLLECTION, dense=vectors.get(i), sparse=sparse[i])
+                    for i, q in enumerate(queries)]
+        return searches, len(dense_rows)
+
+    async def _reranked(self, queries: list[Query], results: list[list[Hit]], rerank: list[bool]) -> list[list[Hit]]:
+        """The fused candidates of the questions to rerank, reordered by the reranker (one call per
+        micro-batch); on a reranker failure, the fused order stands."""
+        picked = [i for i, on in enumerate(rerank) if on and results[i]]
+        if self._reranker is None or not picked:
+            return results
+        n = self._settings.reranker.candidates
+        try:
+            scores = await self._reranker.rerank_batch(
+                [queries[i].question for i in picked],
+                [[indexed_text(str(h.payload.get("context") or ""), str(h.payload.get("text", "")))
+                  for h in results[i][:n]] for i in picked])
+        except RagError as exc:
+            log.warning("rerank_failed", code=exc.code, error=exc.message)
+            self._metrics.incr(rerank_failures=1)
+            return results
+        out = list(results)
+        for i, row in zip(picked, scores):
+            head = sorted(zip(row, range(len(row)), results[i][:n]), key=lambda t: (-t[0], t[1]))
+            out[i] = [Hit(h.id, round(score, 4) if score > float("-inf") else h.score, h.payload)
+                      for score, _, h in head] + results[i][n:]
+        return out
 
     async def answer(self, item: Prepared) -> None:
         """Stream the answer's tokens, then ``done``; acknowledge only after ``done`` is written."""

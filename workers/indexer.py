@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from core.documents import Registry
+from core.payload import DEFAULT_COLLECTION, ChunkPayload, indexed_text, payload_dict, staging
 from core.protocol import DeleteDocument, DocumentEvent, Done, IngestBatch
-from workers.store import DEFAULT_COLLECTION, PointIn, staging
+from workers.sparse import Bm25Encoder
+from workers.store import PointIn
 
 if TYPE_CHECKING:
     from core.events import EventWriter
@@ -31,9 +33,10 @@ log = structlog.get_logger("workers.indexer")
 class Indexer:
     def __init__(
         self, *, embedder: Embedder, store: VectorStore, events: EventWriter, consumer: Consumer, metrics: Metrics,
-        registry: Registry | None = None,
+        registry: Registry | None = None, bm25: Bm25Encoder | None = None,
     ) -> None:
         self._embedder = embedder
+        self._bm25 = bm25 or Bm25Encoder()
         self._store = store
         self._events = events
         self._consumer = consumer
@@ -51,27 +54,26 @@ class Indexer:
             return
         batch = job.payload
         started = time.perf_counter()
-        vectors: Any = await self._embedder.embed([c.text for c in batch.chunks]) if batch.chunks else []
+        # Both arms index the chunk's contextual header (title, section path) with its text.
+        texts = [indexed_text(c.context, c.text) for c in batch.chunks]
+        vectors: Any = await self._embedder.embed(texts) if texts else []
         embedded = time.perf_counter()
+        sparse = self._bm25.documents(texts)
         doc = batch.document
         collection = batch.collection or DEFAULT_COLLECTION
         points = [
             PointIn(
                 chunk.id,
                 vector.tolist(),
-                {
-                    "collection": staging(collection) if batch.staged else collection,
-                    "document_id": doc.id,
-                    "file": doc.file,
-                    "title": doc.title,
-                    "page": chunk.page,
-                    "page_end": chunk.page_end,
-                    "index": chunk.index,
-                    "section": chunk.section,
-                    "text": chunk.text,
-                },
+                payload_dict(ChunkPayload(
+                    collection=staging(collection) if batch.staged else collection,
+                    document_id=doc.id, file=doc.file, title=doc.title, page=chunk.page, page_end=chunk.page_end,
+                    index=chunk.index, section=chunk.section, text=chunk.text, context=chunk.context,
+                    nav=chunk.nav,
+                )),
+                bm25,
             )
-            for chunk, vector in zip(batch.chunks, vectors)
+            for chunk, vector, bm25 in zip(batch.chunks, vectors, sparse)
         ]
         if points:
             await self._store.upsert(points)

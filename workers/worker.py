@@ -28,7 +28,11 @@ from workers.generator import Generator, create_generator
 from workers.indexer import Indexer
 from workers.metrics import Metrics
 from workers.registry import HEARTBEAT_S, Registry
-from workers.store import EdgeStore, ServerStore, VectorStore
+from workers.reranker import Reranker, create_reranker
+from workers.sparse import Bm25Encoder
+from workers.store import VectorStore, open_store
+from workers.store.edge import EdgeStore
+from workers.store.optimizer import Optimizer
 
 log = structlog.get_logger("workers")
 
@@ -37,13 +41,6 @@ INDEXING_POLL_S = 0.01
 
 #: Consumers idle this long with nothing pending are removed from the group.
 DEAD_CONSUMER_MS = 24 * 3600 * 1000
-
-
-async def open_store(settings: Settings, dim: int) -> VectorStore:
-    q = settings.qdrant
-    if q.url:
-        return await ServerStore.open(q.url, q.api_key, q.collection, dim)
-    return await asyncio.to_thread(EdgeStore, settings.qdrant_path, dim)
 
 
 async def wait_for_redis(redis: Redis, url: str, stopping: asyncio.Event, timeout_s: float = 60.0) -> None:
@@ -91,10 +88,19 @@ class Worker:
             await wait_for_redis(redis, self.settings.redis.url, self.stopping)
             embedder = await create_embedder(self.settings.embedder)
             stack.push_async_callback(embedder.aclose)
-            store = await open_store(self.settings, embedder.dim)
+            bm25 = Bm25Encoder()
+            store = await open_store(self.settings, embedder.dim, bm25)
             stack.push_async_callback(store.aclose)
+            if isinstance(store, EdgeStore):
+                # HNSW graphs for the embedded shard, built in a child process as points come in.
+                optimizer = asyncio.create_task(
+                    Optimizer(store, threshold=self.settings.retrieval.optimize_points).run())
+                stack.push_async_callback(_cancel_task, optimizer)
             generator = create_generator(self.settings.llm)
             stack.push_async_callback(generator.aclose)
+            reranker = create_reranker(self.settings.reranker)
+            if reranker is not None:
+                stack.push_async_callback(reranker.aclose)
             events = EventWriter(redis, self.keys, self.settings.limits)
             metrics = self.metrics = Metrics(redis, self.keys.metrics)
             registry = Registry(redis, self.keys)
@@ -109,6 +115,8 @@ class Worker:
                     generator=generator,
                     events=events,
                     metrics=metrics,
+                    bm25=bm25,
+                    reranker=reranker,
                 )
                 for name in names
             ]
@@ -195,6 +203,8 @@ class ConsumerLoop:
         generator: Generator,
         events: EventWriter,
         metrics: Metrics,
+        bm25: Bm25Encoder,
+        reranker: Reranker | None,
     ) -> None:
         s = worker.settings.worker
         self.worker = worker
@@ -203,9 +213,10 @@ class ConsumerLoop:
         self.batcher = Batcher(consumer, worker.keys, wait_ms=s.batch_wait_ms, block_ms=s.block_ms)
         self.queries = QueryPipeline(
             settings=worker.settings, embedder=embedder, store=store, generator=generator,
-            events=events, consumer=consumer, metrics=metrics,
+            events=events, consumer=consumer, metrics=metrics, bm25=bm25, reranker=reranker,
         )
-        self.indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics)
+        self.indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics,
+                               bm25=bm25)
         self.inflight: set[asyncio.Task[None]] = set()
         self.by_job: dict[str, asyncio.Task[None]] = {}
         self.items: dict[str, Prepared] = {}

@@ -14,7 +14,9 @@ from tests.conftest import make_settings
 from tests.fake_openai import hash_embedding
 from tests.workers_inproc import running_worker
 from workers.embedder import OnnxEmbedder, OpenAIEmbedder
-from workers.store import EdgeStore, PointIn, ServerStore, VectorStore
+from workers.store import Fusion, PointIn, Search, VectorStore
+from workers.store.edge import EdgeStore
+from workers.store.server import ServerStore
 
 
 def _points(collection: str, texts: list[str], embed) -> list[PointIn]:  # type: ignore[no-untyped-def]
@@ -31,7 +33,8 @@ async def check_store(store: VectorStore, embed) -> None:  # type: ignore[no-unt
     await store.upsert(_points("a", TEXTS, embed) + _points("b", TEXTS[::-1], embed))
     assert await store.count() == 6
     queries = embed(["electricity from the tides", "WebAssembly compiler"])
-    results = await store.search_batch(np.asarray(queries), limit=2, collection=["a", "b"])
+    results = await store.search_batch([Search(collection=c, dense=list(map(float, q)))
+                                        for c, q in zip(["a", "b"], queries)], limit=2, fusion=Fusion())
     assert [len(r) for r in results] == [2, 2]
     assert results[0][0].payload["text"] == TEXTS[0] and results[0][0].payload["collection"] == "a"
     assert results[1][0].payload["text"] == TEXTS[2] and results[1][0].payload["collection"] == "b"

@@ -17,7 +17,7 @@ from core.settings import LimitSettings, RedisSettings
 from workers.consumer import Consumer, Delivery
 from workers.indexer import Indexer
 from workers.metrics import Metrics
-from workers.store import EdgeStore
+from workers.store.edge import EdgeStore
 
 DIM = 8
 

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.payload import staging
 from core.protocol import chunk_id
-from workers.store import EdgeStore, PointIn, ServerStore, VectorStore, staging
+from workers.store import Fusion, PointIn, Search, VectorStore
+from workers.store.edge import EdgeStore
+from workers.store.server import ServerStore
 
 DIM = 8
 
@@ -34,7 +37,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def _visible(store: VectorStore, collection: str) -> set[str]:
-    hits = await store.search_batch(np.ones((1, DIM), dtype=np.float32), limit=100, collection=[collection])
+    hits = await store.search_batch([Search(collection=collection, dense=[1.0] * DIM)], limit=100, fusion=Fusion())
     return {h.payload["text"] for h in hits[0]}
 
 

@@ -1,0 +1,78 @@
+"""A chunk's point in the vector store: its payload, and the names searches filter on.
+
+One definition for the indexer that writes it, the stores that filter and migrate on it,
+and the answers that read it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from msgspec import Struct
+
+#: The collection of a question or an upload that names none.
+DEFAULT_COLLECTION: Final = "default"
+
+#: Payload keys that searches, publishing and deleting filter on (each has a payload index).
+COLLECTION: Final = "collection"
+DOCUMENT_ID: Final = "document_id"
+INDEX: Final = "index"
+NAV: Final = "nav"
+
+#: The names of a point's two vectors: the embedder's (Qdrant's unnamed default) and BM25's.
+DENSE: Final = ""
+SPARSE: Final = "bm25"
+
+
+def staging(collection: str) -> str:
+    """The hidden ``collection`` value of a document's points until it is published.
+
+    Collection names are letters, digits, '_' and '-' (ingest and the API check), so
+    this value never names a real collection and no query searches it.
+    """
+    return f"~staging:{collection}"
+
+
+class ChunkPayload(Struct, kw_only=True, omit_defaults=True):
+    collection: str
+    document_id: str
+    file: str
+    title: str = ""
+    page: int
+    page_end: int
+    #: The chunk's position in its document.
+    index: int
+    #: The deepest outline entry (or detected heading) the chunk is under.
+    section: str | None = None
+    #: The page text, shown to users as the snippet.
+    text: str
+    #: The contextual header indexed with the text by both arms: document title and section path.
+    context: str = ""
+    #: A table of contents, an index or a list of figures: not content.
+    nav: bool = False
+
+    def indexed_text(self) -> str:
+        return indexed_text(self.context, self.text)
+
+
+def indexed_text(context: str, text: str) -> str:
+    """What both arms index: the contextual header, then the text."""
+    return f"{context}\n{text}" if context else text
+
+
+def legacy_context(payload: dict[str, Any]) -> str:
+    """The header of a point indexed before chunks carried one (title and section, as they were kept)."""
+    return " > ".join(p for p in (payload.get("title") or "", payload.get("section") or "") if p)
+
+
+_to_dict = msgspec.to_builtins
+
+
+def payload_dict(payload: ChunkPayload) -> dict[str, Any]:
+    return _to_dict(payload)  # type: ignore[no-any-return]
+
+
+def read_payload(raw: dict[str, Any]) -> ChunkPayload:
+    """A stored payload, old points (without ``context`` or ``nav``) included."""
+    return msgspec.convert(raw, ChunkPayload, strict=False)

@@ -1,0 +1,36 @@
+"""BM25 sparse vectors, computed in the worker by qdrant-edge's ``Bm25`` for both stores.
+
+Its token ids are those of the Qdrant server's own BM25, so the same vectors serve the
+embedded shard and a server; the stores apply IDF at query time (the ``idf`` modifier).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import qdrant_edge as qe
+
+from workers.store.types import Sparse
+
+#: BM25's expected document length, in its own tokens (stopwords dropped): what a chunk of the
+#: default size (at most 180 words, 250 embedder tokens) with its header holds on average.
+AVG_LEN: Final = 110.0
+
+
+class Bm25Encoder:
+    """English word tokens, lowercased, stopwords dropped, stemmed (qdrant-edge's defaults)."""
+
+    def __init__(self) -> None:
+        self._model = qe.Bm25(qe.Bm25Config(avg_len=AVG_LEN))
+
+    def documents(self, texts: list[str]) -> list[Sparse]:
+        out = []
+        for text in texts:
+            v = self._model.embed_document(text)
+            out.append(Sparse(v.indices, v.values))
+        return out
+
+    def query(self, text: str) -> Sparse | None:
+        """None for a question with no searchable word (only stopwords or symbols): the dense arm alone."""
+        v = self._model.embed_query(text)
+        return Sparse(v.indices, v.values) if v.indices else None

@@ -1,0 +1,394 @@
+"""The embedded store: a qdrant-edge shard on local disk, owned by this one process (its WAL is locked).
+
+Under the store's folder (``<data_dir>/qdrant``) live generations of the shard, ``gen-<n>/``,
+and a file ``current`` naming the live one (replaced atomically). A new generation is an
+optimized copy of the live one (see :mod:`workers.store.optimizer`): qdrant-edge has no
+optimizer thread, and ``EdgeShard.optimize()`` holds the GIL for as long as it runs.
+
+A folder holding a shard of schema 1 (a dense vector only, the shard files directly in it)
+is moved into ``gen-0`` and given its BM25 vectors at start, before any query is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from core.errors import StoreLocked
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, NAV, SPARSE, legacy_context, staging
+from workers.sparse import Bm25Encoder
+from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
+
+log = structlog.get_logger("workers.store")
+
+CURRENT = "current"
+#: What a shard folder holds (the first generation's files, when they lie in the store's folder itself).
+SHARD_FILES = ("wal", "segments", "edge_config.json")
+#: Points given their BM25 vector per step of a migration.
+MIGRATE_BATCH = 256
+
+
+def _qe() -> Any:
+    import qdrant_edge as qe
+
+    return qe
+
+
+def shard_config(dim: int) -> Any:
+    qe = _qe()
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+    )
+
+
+def payload_indexes() -> list[tuple[str, Any]]:
+    """Every payload field that queries, publishing and deleting filter on."""
+    qe = _qe()
+    return [
+        # A tenant index: the shard keeps each collection's points together.
+        (COLLECTION, qe.KeywordIndexParams(is_tenant=True)),
+        (DOCUMENT_ID, qe.PayloadSchemaType.Keyword),
+        (INDEX, qe.IntegerIndexParams(lookup=True, range=True)),
+        (NAV, qe.PayloadSchemaType.Bool),
+    ]
+
+
+def read_current(root: Path) -> str | None:
+    try:
+        return (root / CURRENT).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_current(root: Path, generation: str) -> None:
+    tmp = root / f"{CURRENT}.tmp"
+    tmp.write_text(generation + "\n")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / CURRENT)
+
+
+def next_generation(generation: str) -> str:
+    return f"gen-{int(generation.removeprefix('gen-')) + 1}"
+
+
+def _adopt_legacy_layout(root: Path) -> None:
+    """Schema 1 kept the shard's files in the store's folder: move them into ``gen-0`` (resumable)."""
+    moving = root / "gen-0.moving"
+    if not moving.exists() and not any((root / name).exists() for name in SHARD_FILES):
+        return
+    log.warning("store_layout_migrating", path=str(root), into="gen-0")
+    moving.mkdir(exist_ok=True)
+    for entry in root.iterdir():
+        if entry != moving:
+            entry.rename(moving / entry.name)
+    moving.rename(root / "gen-0")
+    write_current(root, "gen-0")
+
+
+def _locked(path: Path) -> StoreLocked:
+    return StoreLocked(
+        f"the embedded vector store at {path} is already open in another worker process. "
+        "The embedded store (qdrant-edge) serves one worker process only: run one worker "
+        "with --concurrency N, or set RAG_QDRANT_URL to a Qdrant server to run several replicas."
+    )
+
+
+def _open_shard(path: Path, dim: int, bm25: Bm25Encoder) -> Any:
+    """Load (or create) the shard at ``path`` in the current schema, migrating an older one first."""
+    qe = _qe()
+    config = shard_config(dim)
+    try:
+        if not path.is_dir() or not any(path.iterdir()):
+            path.mkdir(parents=True, exist_ok=True)
+            shard = qe.EdgeShard.create(str(path), config)
+        else:
+            try:
+                shard = qe.EdgeShard.load(str(path), config)
+            except Exception as exc:
+                if "incompatible" not in str(exc).lower() or SPARSE not in str(exc):
+                    raise
+                migrate_schema1(path, bm25)
+                shard = qe.EdgeShard.load(str(path), config)
+    except Exception as exc:
+        if "WouldBlock" in str(exc):
+            raise _locked(path) from None
+        raise
+    ensure_indexes(shard)
+    return shard
+
+
+def ensure_indexes(shard: Any) -> None:
+    present = set(shard.info().payload_schema)
+    qe = _qe()
+    for field, schema in payload_indexes():
+        if field not in present:
+            shard.update(qe.UpdateOperation.create_field_index(field, schema))
+
+
+def migrate_schema1(path: Path, bm25: Bm25Encoder) -> None:
+    """Give every point of a schema-1 shard its BM25 vector (from its stored text), in place.
+
+    Runs before the worker takes any job, so no query sees a half-migrated store; a crash
+    part way resumes with the points still without one.
+    """
+    qe = _qe()
+    shard = qe.EdgeShard.load(str(path))
+    try:
+        total = shard.count(qe.CountRequest(exact=True))
+        log.warning("store_migrating", path=str(path), schema_from=1, schema_to=SCHEMA, points=total,
+                    what="adding BM25 vectors and payload indexes; `python -m ingest --reindex` re-chunks "
+                         "the documents by section")
+        try:
+            shard.update(qe.UpdateOperation.create_sparse_vector(SPARSE, modifier=qe.Modifier.Idf))
+        except Exception as exc:
+            if "exist" not in str(exc).lower():
+                raise
+        ensure_indexes(shard)
+        missing = qe.Filter(must_not=[qe.HasVectorCondition(SPARSE)])
+        done = 0
+        started = time.monotonic()
+        while True:
+            records, _ = shard.scroll(qe.ScrollRequest(limit=MIGRATE_BATCH, filter=missing, with_payload=True))
+            if not records:
+                break
+            texts = []
+            for r in records:
+                payload = dict(r.payload or {})
+                context = payload.get("context") or legacy_context(payload)
+                texts.append(f"{context}\n{payload.get('text', '')}" if context else str(payload.get("text", "")))
+            vectors = bm25.documents(texts)
+            shard.update(qe.UpdateOperation.update_vectors([
+                qe.PointVectors(r.id, {SPARSE: qe.SparseVector(v.indices, v.values)})
+                for r, v in zip(records, vectors)
+            ]))
+            done += len(records)
+        shard.flush()
+        log.warning("store_migrated", path=str(path), points=done, seconds=round(time.monotonic() - started, 1))
+    finally:
+        shard.close()
+
+
+class EdgeStore:
+    """The shard's every call goes through one thread (it is not documented as thread-safe); updates
+    are also recorded while an optimized copy is being built, to be replayed onto it."""
+
+    def __init__(self, root: Path, dim: int, *, bm25: Bm25Encoder | None = None) -> None:
+        self._qe = _qe()
+        self.root = root
+        self.dim = dim
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qdrant-edge")
+        self._writes = asyncio.Lock()
+        #: Updates since an optimized copy was taken, or None when no copy is being built.
+        self._log: list[Any] | None = None
+        #: Points upserted since the last optimization (the optimizer's trigger).
+        self.pending = 0
+        root.mkdir(parents=True, exist_ok=True)
+        _adopt_legacy_layout(root)
+        self.generation = read_current(root) or "gen-0"
+        try:
+            self._shard = _open_shard(root / self.generation, dim, bm25 or Bm25Encoder())
+        except BaseException:
+            self._pool.shutdown()
+            raise
+        if read_current(root) != self.generation:
+            write_current(root, self.generation)
+        self._remove_stale_generations()
+        info = self._shard.info()
+        # Sparse vectors are always indexed: what is not is the dense vectors of unoptimized segments.
+        self.pending = max(0, 2 * info.points_count - info.indexed_vectors_count)
+
+    @classmethod
+    async def open(cls, root: Path, dim: int, *, bm25: Bm25Encoder | None = None) -> EdgeStore:
+        return await asyncio.to_thread(cls, root, dim, bm25=bm25)
+
+    def _remove_stale_generations(self) -> None:
+        """What a crash during an optimization left: copies that never became current."""
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name != self.generation and entry.name.startswith("gen-"):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _update(self, *ops: Any) -> None:
+        def apply() -> None:
+            # One call on the shard's only thread: no search runs between these updates.
+            for op in ops:
+                self._shard.update(op)
+
+        async with self._writes:
+            await self._call(apply)
+            if self._log is not None:
+                self._log.extend(ops)
+
+    async def upsert(self, points: list[PointIn]) -> None:
+        qe = self._qe
+        op = qe.UpdateOperation.upsert_points([
+            qe.Point(uuid.UUID(p.id),
+                     {DENSE: p.vector, SPARSE: qe.SparseVector(p.sparse.indices, p.sparse.values)} if p.sparse
+                     else {DENSE: p.vector},
+                     p.payload)
+            for p in points
+        ])
+        await self._update(op)
+        self.pending += len(points)
+
+    def _where(self, collection: str, fusion: Fusion) -> Any:
+        qe = self._qe
+        in_collection = qe.FieldCondition(COLLECTION, match=qe.MatchValue(collection))
+        must_not = [qe.FieldCondition(NAV, match=qe.MatchValue(True))] if fusion.exclude_nav else None
+        return qe.Filter(must=[in_collection], must_not=must_not), qe.Filter(must=[in_collection])
+
+    def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
+        qe = self._qe
+        where, corpus = self._where(search.collection, fusion)
+        arms = []
+        if search.dense is not None:
+            arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(search.dense), filter=where))
+        if search.sparse is not None:
+            sparse = qe.SparseVector(search.sparse.indices, search.sparse.values)
+            # IDF over the question's own collection, not the whole shard.
+            arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(sparse, using=SPARSE),
+                                    filter=where, params=qe.SearchParams(idf=qe.IdfParams(corpus=corpus))))
+        if len(arms) == 1:
+            arm = arms[0]
+            return qe.QueryRequest(limit=limit, query=arm.query, filter=where, params=arm.params, with_payload=True)
+        if fusion.method == "dbsf":
+            method = qe.Fusion.Dbsf()
+        else:
+            method = qe.Fusion.Rrf(k=fusion.rrf_k, weights=[fusion.dense_weight, fusion.sparse_weight])
+        return qe.QueryRequest(limit=limit, prefetches=arms, query=method, filter=where, with_payload=True)
+
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
+        qe = self._qe
+        wanted = [i for i, s in enumerate(searches) if s.dense is not None or s.sparse is not None]
+        out: list[list[Hit]] = [[] for _ in searches]
+        if not wanted:
+            return out
+        batch = qe.QueryBatchRequest([self._request(searches[i], limit, fusion) for i in wanted])
+        results = await self._call(lambda: self._shard.query_batch(batch))
+        for i, points in zip(wanted, results):
+            out[i] = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        return out
+
+    async def count(self) -> int:
+        return int(await self._call(lambda: self._shard.count(self._qe.CountRequest(exact=True))))
+
+    def _match(self, key: str, value: str | list[str]) -> Any:
+        qe = self._qe
+        match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
+        return qe.FieldCondition(key, match=match)
+
+    def _document(self, document_id: str | list[str], collections: list[str]) -> Any:
+        return self._qe.Filter(must=[self._match(DOCUMENT_ID, document_id), self._match(COLLECTION, collections)])
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        request = self._qe.CountRequest(
+            exact=True, filter=self._document(document_id, [staging(collection) if staged else collection])
+        )
+        return int(await self._call(lambda: self._shard.count(request)))
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        qe = self._qe
+        both = [collection, staging(collection)]
+        ops = []
+        if staged:
+            ops.append(qe.UpdateOperation.set_payload_by_filter(
+                self._document(document_id, [staging(collection)]), {COLLECTION: collection}))
+        ops.append(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[
+            self._match(DOCUMENT_ID, document_id), self._match(COLLECTION, both),
+            qe.FieldCondition(INDEX, range=qe.RangeFloat(gte=float(chunks))),
+        ])))
+        if replaces:
+            ops.append(qe.UpdateOperation.delete_points_by_filter(self._document(replaces, both)))
+        await self._update(*ops)
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        where = self._document(document_id, [collection, staging(collection)])
+        qe = self._qe
+        op = qe.UpdateOperation.delete_points_by_filter(where)
+
+        def delete() -> int:
+            n = int(self._shard.count(qe.CountRequest(exact=True, filter=where)))
+            self._shard.update(op)
+            return n
+
+        async with self._writes:
+            n = int(await self._call(delete))
+            if self._log is not None:
+                self._log.append(op)
+        return n
+
+    # ------------------------------------------------------------ optimized generations
+
+    async def copy_for_optimizing(self) -> Path:
+        """A copy of the live shard in the next generation's folder; updates from now on are recorded.
+
+        Updates wait while the files are copied (queries do not: they run on the shard's thread
+        while the copy runs on another).
+        """
+        target = self.root / next_generation(self.generation)
+        async with self._writes:
+            await self._call(self._shard.flush)
+            await asyncio.to_thread(shutil.rmtree, target, True)
+            await asyncio.to_thread(shutil.copytree, self.root / self.generation, target)
+            self._log = []
+        return target
+
+    async def adopt(self, target: Path) -> int:
+        """Make the optimized copy at ``target`` the live shard: the updates recorded since it was
+        copied are replayed onto it first. Returns how many were replayed."""
+        qe = self._qe
+        config = shard_config(self.dim)
+        async with self._writes:
+            ops, self._log = self._log or [], None
+
+            def load() -> Any:
+                shard = qe.EdgeShard.load(str(target), config)
+                for op in ops:
+                    shard.update(op)
+                shard.flush()
+                return shard
+
+            fresh = await asyncio.to_thread(load)  # not the shard's thread: queries go on meanwhile
+            old, old_generation = self._shard, self.generation
+
+            def switch() -> None:
+                write_current(self.root, target.name)
+                self._shard = fresh
+                old.close()
+
+            await self._call(switch)
+            self.generation = target.name
+        await asyncio.to_thread(shutil.rmtree, self.root / old_generation, True)
+        return len(ops)
+
+    async def abandon(self, target: Path) -> None:
+        """The optimization failed: stop recording and drop the copy."""
+        async with self._writes:
+            self._log = None
+        await asyncio.to_thread(shutil.rmtree, target, True)
+
+    async def info(self) -> Any:
+        return await self._call(self._shard.info)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            self._shard.flush()
+            self._shard.close()
+
+        await self._call(close)
+        self._pool.shutdown()

@@ -1,0 +1,251 @@
+"""A Qdrant server (or ``:memory:``) through AsyncQdrantClient; safe for many worker replicas.
+
+The collection ``RAG_QDRANT_COLLECTION`` holds the current schema. One of schema 1 (a dense
+vector only: a server collection cannot gain a vector) is copied at start into
+``<name>_v2`` with BM25 vectors, which then serves; the old one is left for the operator to
+drop. The copy is marked complete in the new collection's metadata only once every point is
+in, so no query ever searches a half-copied collection.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import structlog
+
+from core.errors import Unavailable
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, NAV, SPARSE, legacy_context, staging
+from workers.sparse import Bm25Encoder
+from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
+
+log = structlog.get_logger("workers.store")
+
+#: Points copied per step of a migration.
+MIGRATE_BATCH = 256
+#: The new collection's metadata: its schema, and whether a migration finished filling it.
+META_SCHEMA = "rag_schema"
+META_COMPLETE = "rag_complete"
+
+
+def _models() -> Any:
+    from qdrant_client import models
+
+    return models
+
+
+class ServerStore:
+    def __init__(self, client: Any, collection: str, dim: int, *, bm25: Bm25Encoder | None = None) -> None:
+        self._client = client
+        self._collection = collection
+        self._dim = dim
+        self._bm25 = bm25 or Bm25Encoder()
+
+    @property
+    def collection(self) -> str:
+        """The collection that serves (``<name>_v2`` after a migration)."""
+        return self._collection
+
+    @classmethod
+    async def open(cls, url: str, api_key: str | None, collection: str, dim: int,
+                   *, bm25: Bm25Encoder | None = None) -> ServerStore:
+        from qdrant_client import AsyncQdrantClient
+
+        client = AsyncQdrantClient(location=url) if url == ":memory:" else AsyncQdrantClient(url=url, api_key=api_key)
+        store = cls(client, collection, dim, bm25=bm25)
+        try:
+            await store.ensure_collection()
+        except Unavailable:
+            await client.close()
+            raise
+        return store
+
+    async def ensure_collection(self) -> None:
+        try:
+            name = self._collection
+            if not await self._client.collection_exists(name):
+                await self._create(name, complete=True)
+            elif not await self._current_schema(name):
+                self._collection = await self._migrate(name)
+            await self._ensure_indexes(self._collection)
+        except Unavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - qdrant-client raises transport-specific types (HTTP, gRPC)
+            raise Unavailable(f"Qdrant is unavailable: {exc}", code="qdrant_unavailable") from None
+
+    async def _current_schema(self, name: str) -> bool:
+        info = await self._client.get_collection(name)
+        return SPARSE in (info.config.params.sparse_vectors or {})
+
+    async def _create(self, name: str, *, complete: bool) -> None:
+        models = _models()
+        try:
+            await self._client.create_collection(
+                name,
+                vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.COSINE),
+                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                metadata={META_SCHEMA: SCHEMA, META_COMPLETE: complete},
+            )
+        except Exception as exc:
+            if "already exists" not in str(exc):
+                raise  # else another replica created it first
+        await self._ensure_indexes(name)
+
+    async def _ensure_indexes(self, name: str) -> None:
+        models = _models()
+        indexes = [
+            (COLLECTION, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
+            (DOCUMENT_ID, models.PayloadSchemaType.KEYWORD),
+            (INDEX, models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)),
+            (NAV, models.PayloadSchemaType.BOOL),
+        ]
+        present = set((await self._client.get_collection(name)).payload_schema or {})
+        with warnings.catch_warnings():  # ":memory:" warns that it has no payload indexes
+            warnings.simplefilter("ignore", UserWarning)
+            for field, schema in indexes:
+                if field not in present:
+                    await self._client.create_payload_index(name, field, schema)
+
+    async def _migrate(self, old: str) -> str:
+        """Copy a schema-1 collection into ``<old>_v2`` with BM25 vectors (resumable: upserts by id)."""
+        new = f"{old}_v{SCHEMA}"
+        if await self._client.collection_exists(new):
+            meta = (await self._client.get_collection(new)).config.metadata or {}
+            if meta.get(META_COMPLETE):
+                log.info("store_schema1_kept", old=old, serving=new)
+                return new
+        else:
+            await self._create(new, complete=False)
+        total = int((await self._client.count(old, exact=True)).count)
+        log.warning("store_migrating", collection=old, into=new, schema_from=1, schema_to=SCHEMA, points=total)
+        offset = None
+        copied = 0
+        while True:
+            records, offset = await self._client.scroll(old, limit=MIGRATE_BATCH, offset=offset,
+                                                        with_payload=True, with_vectors=True)
+            if records:
+                await self._copy(new, records)
+                copied += len(records)
+            if offset is None:
+                break
+        await self._client.update_collection(new, metadata={META_SCHEMA: SCHEMA, META_COMPLETE: True})
+        log.warning("store_migrated", collection=old, into=new, points=copied,
+                    note=f"the schema-1 collection {old!r} is kept: drop it once {new!r} serves you")
+        return new
+
+    async def _copy(self, target: str, records: list[Any]) -> None:
+        models = _models()
+        texts = []
+        for r in records:
+            payload = r.payload or {}
+            context = payload.get("context") or legacy_context(payload)
+            text = str(payload.get("text", ""))
+            texts.append(f"{context}\n{text}" if context else text)
+        points = []
+        for r, sparse in zip(records, self._bm25.documents(texts)):
+            dense = r.vector.get(DENSE) if isinstance(r.vector, dict) else r.vector
+            points.append(models.PointStruct(id=r.id, payload=r.payload, vector={
+                DENSE: dense, SPARSE: models.SparseVector(indices=sparse.indices, values=sparse.values)}))
+        await self._client.upsert(target, points=points, wait=True)
+
+    async def upsert(self, points: list[PointIn]) -> None:
+        models = _models()
+
+        def vector(p: PointIn) -> dict[str, Any]:
+            if p.sparse is None:
+                return {DENSE: p.vector}
+            return {DENSE: p.vector, SPARSE: models.SparseVector(indices=p.sparse.indices, values=p.sparse.values)}
+
+        await self._client.upsert(
+            self._collection,
+            points=[models.PointStruct(id=p.id, vector=vector(p), payload=p.payload) for p in points],
+            wait=True,
+        )
+
+    def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
+        models = _models()
+        in_collection = models.FieldCondition(key=COLLECTION, match=models.MatchValue(value=search.collection))
+        must_not = [models.FieldCondition(key=NAV, match=models.MatchValue(value=True))] if fusion.exclude_nav else None
+        where = models.Filter(must=[in_collection], must_not=must_not)
+        arms = []
+        if search.dense is not None:
+            arms.append(models.Prefetch(query=search.dense, limit=fusion.candidates, filter=where))
+        if search.sparse is not None:
+            arms.append(models.Prefetch(
+                query=models.SparseVector(indices=search.sparse.indices, values=search.sparse.values),
+                using=SPARSE, limit=fusion.candidates, filter=where,
+                # IDF over the question's own collection, not the whole server collection.
+                params=models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=[in_collection]))),
+            ))
+        if len(arms) == 1:
+            arm = arms[0]
+            return models.QueryRequest(query=arm.query, using=arm.using, filter=where, params=arm.params,
+                                       limit=limit, with_payload=True)
+        if fusion.method == "dbsf":
+            method = models.FusionQuery(fusion=models.Fusion.DBSF)
+        else:
+            method = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=[fusion.dense_weight, fusion.sparse_weight]))
+        return models.QueryRequest(prefetch=arms, query=method, filter=where, limit=limit, with_payload=True)
+
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
+        wanted = [i for i, s in enumerate(searches) if s.dense is not None or s.sparse is not None]
+        out: list[list[Hit]] = [[] for _ in searches]
+        if not wanted:
+            return out
+        responses = await self._client.query_batch_points(
+            self._collection, requests=[self._request(searches[i], limit, fusion) for i in wanted])
+        for i, response in zip(wanted, responses):
+            out[i] = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        return out
+
+    async def count(self) -> int:
+        return int((await self._client.count(self._collection, exact=True)).count)
+
+    @staticmethod
+    def _document(document_id: str | list[str], collections: list[str], *, min_index: int | None = None) -> Any:
+        models = _models()
+
+        def match(key: str, value: str | list[str]) -> Any:
+            m = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
+            return models.FieldCondition(key=key, match=m)
+
+        must: list[Any] = [match(DOCUMENT_ID, document_id), match(COLLECTION, collections)]
+        if min_index is not None:
+            must.append(models.FieldCondition(key=INDEX, range=models.Range(gte=min_index)))
+        return models.Filter(must=must)
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        where = self._document(document_id, [staging(collection) if staged else collection])
+        return int((await self._client.count(self._collection, count_filter=where, exact=True)).count)
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        models = _models()
+        both = [collection, staging(collection)]
+        # Three calls, in an order that may show both versions for an instant, never neither.
+        if staged:
+            await self._client.set_payload(
+                self._collection, payload={COLLECTION: collection},
+                points=self._document(document_id, [staging(collection)]), wait=True,
+            )
+        await self._client.delete(
+            self._collection,
+            points_selector=models.FilterSelector(filter=self._document(document_id, both, min_index=chunks)),
+            wait=True,
+        )
+        if replaces:
+            await self._client.delete(
+                self._collection, points_selector=models.FilterSelector(filter=self._document(replaces, both)),
+                wait=True,
+            )
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        models = _models()
+        where = self._document(document_id, [collection, staging(collection)])
+        n = int((await self._client.count(self._collection, count_filter=where, exact=True)).count)
+        await self._client.delete(self._collection, points_selector=models.FilterSelector(filter=where), wait=True)
+        return n
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,83 @@
+"""What both vector stores take and give: points with a dense and a BM25 vector, batched hybrid searches."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+from msgspec import Struct
+
+#: The layout of the stored points: 1, a dense vector only; 2, a dense and a BM25 (``bm25``) vector,
+#: payload indexes on every filtered field, a contextual header per chunk.
+SCHEMA: Final = 2
+
+
+class Sparse(Struct, frozen=True, array_like=True):
+    """A BM25 vector: token ids and weights (the Qdrant server's ids: qdrant-edge's Bm25 computes them)."""
+
+    indices: list[int]
+    values: list[float]
+
+
+class PointIn(Struct, frozen=True):
+    id: str
+    vector: list[float]
+    payload: dict[str, Any]
+    sparse: Sparse | None = None
+
+
+class Hit(Struct, frozen=True):
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class Search(Struct, frozen=True, kw_only=True):
+    """One question's search: in one collection, by either arm or both (a missing arm is not run)."""
+
+    collection: str
+    dense: list[float] | None = None
+    sparse: Sparse | None = None
+
+
+class Fusion(Struct, frozen=True, kw_only=True):
+    """How both arms' candidates become one ranking (from RetrievalSettings)."""
+
+    method: str = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    #: Candidates each arm hands to the fusion.
+    candidates: int = 50
+    #: Leave chunks of tables of contents and indexes out.
+    exclude_nav: bool = True
+
+
+class VectorStore(Protocol):
+    async def upsert(self, points: list[PointIn]) -> None: ...
+
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
+        """Every search of a micro-batch as one batched call; a search with both arms is fused."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
+        """Points of one document in ``collection`` (or in its staging area)."""
+        ...
+
+    async def publish(
+        self, document_id: str, collection: str, *, chunks: int, staged: bool, replaces: list[str]
+    ) -> None:
+        """Make a fully indexed document visible and drop what it replaces, in that order.
+
+        Unstages its points (if ``staged``), deletes its points at positions ``>= chunks``
+        (left from an earlier chunking) and every point of the ``replaces`` documents: a
+        query sees the old version or the new one, never neither.
+        """
+        ...
+
+    async def delete_document(self, document_id: str, collection: str) -> int:
+        """Delete every point of a document (visible or staged); returns how many there were."""
+        ...
+
+    async def aclose(self) -> None: ...
