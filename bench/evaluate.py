@@ -11,6 +11,11 @@ Ranks: at page level, the first retrieved chunk of a gold file whose page span h
 gold page; at file level, the first gold file among the distinct files in retrieval
 order. hit@k is the share of questions ranked within k; MRR is the mean of 1/rank (0 when
 not retrieved within --top-k). Latency is from submitting to the ``sources`` event.
+
+``--arms dense,sparse,hybrid,rerank`` asks every question once per arm on the same indexed
+collection: the dense arm alone, the BM25 arm alone, both fused, and both fused then
+reranked (needs RAG_RERANKER_* on the workers); ``service`` is whatever the workers are
+configured to do. One table shows them side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import msgspec
 
 from bench.harness import StreamClient, pct
-from core.protocol import Sources, decode_event
+from core.protocol import Retrieval, Sources, decode_event
 from core.settings import Settings, SettingsError, load_settings
 
 
@@ -55,9 +60,25 @@ class Result(msgspec.Struct, kw_only=True):
     retrieved: list[str]
 
 
+class Arm(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    retrieval: Retrieval | None = None
+    rerank: bool | None = None
+
+
+ARMS: dict[str, Arm] = {
+    "service": Arm(name="service"),
+    "dense": Arm(name="dense", retrieval="dense", rerank=False),
+    "sparse": Arm(name="sparse", retrieval="sparse", rerank=False),
+    "hybrid": Arm(name="hybrid", retrieval="hybrid", rerank=False),
+    "rerank": Arm(name="hybrid + rerank", retrieval="hybrid", rerank=True),
+}
+
+
 class Report(msgspec.Struct, kw_only=True):
     results: list[Result]
     top_k: int
+    arm: str = "service"
 
     def level(self, name: str) -> dict[str, Any]:
         if name == "page":
@@ -77,14 +98,27 @@ class Report(msgspec.Struct, kw_only=True):
         lat = [r.latency_s for r in self.results]
         return f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms"
 
-    def table(self) -> str:
-        lines = [f"| level | queries | hit@1 | hit@5 | hit@10 | MRR@{self.top_k} |",
-                 "| --- | --- | --- | --- | --- | --- |"]
+    def rows(self) -> list[str]:
+        lines = []
         for name in ("page", "file"):
             m = self.level(name)
+            if not m["queries"]:
+                continue
             cells = ["n/a" if m[c] is None else f"{m[c]:.3f}" for c in ("hit@1", "hit@5", "hit@10", "MRR")]
-            lines.append(f"| {name} | {m['queries']} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + f"\n\nlatency (submit to sources): {self.latency()}, {len(self.results)} queries"
+            lines.append(f"| {self.arm} | {name} | {m['queries']} | " + " | ".join(cells) + f" | {self.latency()} |")
+        return lines
+
+    def table(self) -> str:
+        return table([self])
+
+
+def table(reports: list[Report]) -> str:
+    top_k = reports[0].top_k if reports else 10
+    lines = [f"| arm | level | queries | hit@1 | hit@5 | hit@10 | MRR@{top_k} | latency (submit to sources) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for report in reports:
+        lines += report.rows()
+    return "\n".join(lines)
 
 
 def rank(gold: Gold, sources: list[Any]) -> tuple[int | None, int | None]:
@@ -119,7 +153,7 @@ def read_jsonl(path: Path) -> list[Gold]:
 
 
 async def evaluate(settings: Settings, golds: list[Gold], *, collection: str | None, top_k: int = 10,
-                   concurrency: int = 1) -> Report:
+                   concurrency: int = 1, arm: Arm = ARMS["service"]) -> Report:
     client = StreamClient(settings)
     results: list[Result | None] = [None] * len(golds)
     todo = list(enumerate(golds))
@@ -128,7 +162,8 @@ async def evaluate(settings: Settings, golds: list[Gold], *, collection: str | N
         while todo:
             i, gold = todo.pop(0)
             t0 = time.perf_counter()
-            job_id = await client.submit(gold.query, top_k=top_k, collection=gold.collection or collection)
+            job_id = await client.submit(gold.query, top_k=top_k, collection=gold.collection or collection,
+                                         retrieval=arm.retrieval, rerank=arm.rerank)
             events = await client.until(job_id, stop=frozenset({"sources", "error", "cancelled"}))
             latency = time.perf_counter() - t0
             kind, data = events[-1]
@@ -145,7 +180,7 @@ async def evaluate(settings: Settings, golds: list[Gold], *, collection: str | N
         await asyncio.gather(*(runner() for _ in range(concurrency)))
     finally:
         await client.aclose()
-    return Report(results=[r for r in results if r is not None], top_k=top_k)
+    return Report(results=[r for r in results if r is not None], top_k=top_k, arm=arm.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,21 +190,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collection", default=None, help="the indexed collection (default: the service's)")
     parser.add_argument("--top-k", type=int, default=10, help="sources retrieved per question (default 10)")
     parser.add_argument("--concurrency", type=int, default=1, help="questions in flight (default 1)")
-    parser.add_argument("--misses", action="store_true", help="also list the questions whose gold file was missed")
+    parser.add_argument("--arms", default="service",
+                        help="comma-separated: service, dense, sparse, hybrid, rerank (default: service)")
+    parser.add_argument("--misses", action="store_true",
+                        help="also list the questions whose gold page (or file) was not first, per arm")
     args = parser.parse_args(argv)
+    try:
+        arms = [ARMS[name.strip()] for name in args.arms.split(",") if name.strip()]
+    except KeyError as exc:
+        parser.error(f"unknown arm {exc}; known: {', '.join(ARMS)}")
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     golds = read_jsonl(args.file)
-    report = asyncio.run(evaluate(settings, golds, collection=args.collection, top_k=args.top_k,
-                                  concurrency=args.concurrency))
-    print(report.table())
+
+    async def run_all() -> list[Report]:
+        return [await evaluate(settings, golds, collection=args.collection, top_k=args.top_k,
+                               concurrency=args.concurrency, arm=arm) for arm in arms]
+
+    reports = asyncio.run(run_all())
+    print(table(reports))
     if args.misses:
-        for r in report.results:
-            if r.file_rank is None:
-                print(f"- missed: {r.query!r}: got {', '.join(r.retrieved[:5])}")
+        for report in reports:
+            for r, gold in zip(report.results, golds):
+                rank_ = r.page_rank if r.has_pages else r.file_rank
+                if rank_ != 1:
+                    want = f"{sorted(gold.gold_files)}#{sorted(gold.gold_pages)}"
+                    print(f"- {report.arm}: rank {rank_}: {r.query!r} wants {want}, got {', '.join(r.retrieved[:3])}")
     return 0
 
 

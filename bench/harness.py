@@ -18,7 +18,7 @@ import redis.asyncio as aredis
 from app.hub import EventHub
 from core.events import EventWriter
 from core.keys import Keys
-from core.protocol import Query, new_job
+from core.protocol import Query, Retrieval, new_job
 from core.redis import connect
 from core.settings import Settings, load_settings
 from tests.servers import Proc, free_port, redis_like_server, valkey_binary, wait_for_port
@@ -243,8 +243,10 @@ class StreamClient:
         self.keys = Keys(settings.redis.prefix)
         self.events = EventWriter(self.redis, self.keys, settings.limits)
 
-    async def submit(self, question: str, *, top_k: int = 5, collection: str | None = None) -> str:
-        job = new_job(Query(question=question, top_k=top_k, collection=collection))
+    async def submit(self, question: str, *, top_k: int = 5, collection: str | None = None,
+                     retrieval: Retrieval | None = None, rerank: bool | None = None) -> str:
+        job = new_job(Query(question=question, top_k=top_k, collection=collection, retrieval=retrieval,
+                            rerank=rerank))
         await self.events.submit(job, self.keys.queries, {"question": question})
         return job.id
 

@@ -18,7 +18,10 @@ DEFAULT_COLLECTION: Final = "default"
 COLLECTION: Final = "collection"
 DOCUMENT_ID: Final = "document_id"
 INDEX: Final = "index"
-NAV: Final = "nav"
+KIND: Final = "kind"
+#: The ``kind`` of a chunk of a table of contents, an index or a list of figures (content has none). A
+#: keyword, not a bool: qdrant-edge-py 0.9 reads ``MatchValue(True)`` as the integer 1, matching nothing.
+NAV_KIND: Final = "nav"
 
 #: The names of a point's two vectors: the embedder's (Qdrant's unnamed default) and BM25's.
 DENSE: Final = ""
@@ -49,8 +52,8 @@ class ChunkPayload(Struct, kw_only=True, omit_defaults=True):
     text: str
     #: The contextual header indexed with the text by both arms: document title and section path.
     context: str = ""
-    #: A table of contents, an index or a list of figures: not content.
-    nav: bool = False
+    #: ``nav``: a table of contents, an index or a list of figures, not content.
+    kind: str = "content"
 
     def indexed_text(self) -> str:
         return indexed_text(self.context, self.text)

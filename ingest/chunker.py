@@ -1,8 +1,10 @@
 """Token-aware chunking: overlapping windows of whole words, sized in the embedder's own tokens.
 
-Each chunk keeps the page span of its words and the section it starts in. A table is
-kept whole in one chunk when it fits; a larger one is split between rows, each part
-under the table's header row.
+A chunk never spans two sections: each section (see ingest.structure) starts a chunk, and
+no overlap crosses into it. Each chunk keeps the page span of its words, its section and
+the section's contextual header, which the workers index with the text: the chunk's text
+and its header together fit the embedder's window. A table is kept whole in one chunk when
+it fits; a larger one is split between rows, each part under the table's header row.
 """
 
 from __future__ import annotations
@@ -32,16 +34,25 @@ class Chunk(Struct, frozen=True):
     page_end: int
     index: int
     section: str | None = None
+    #: The section's contextual header (document title, section path), indexed with the text.
+    context: str = ""
+    #: On a table of contents, an index or a list of figures.
+    nav: bool = False
 
 
 class Unit(NamedTuple):
-    """Paragraphs (separated by PARAGRAPH) or a table, of one page; ``sep`` goes before its first word."""
+    """Paragraphs (separated by PARAGRAPH) or a table, of one page; ``sep`` goes before its first word.
+
+    Units of one section share ``seq``; a new ``seq`` starts a new chunk, under its ``context``."""
 
     text: str
     page: int
     section: str | None = None
     table: bool = False
     sep: str = "\n"
+    seq: int = 0
+    context: str = ""
+    nav: bool = False
 
 
 class TokenCounter:
@@ -115,6 +126,8 @@ class Chunker:
         if self.overlap_tokens >= self.size_tokens:
             raise ValueError(f"overlap_tokens ({overlap_tokens}) must be smaller than chunk_tokens ({size_tokens})")
         self.counter = counter
+        #: Tokens of text per chunk in the current section: size_tokens less its header's.
+        self.limit = self.size_tokens
         #: separator -> its mark (MARKS), as they are met.
         self.marks: dict[str, str] = {}
         #: (space and mark, separator) per mark, to restore the separators in a chunk's text.
@@ -129,9 +142,23 @@ class Chunker:
             self.unmark.append((" " + mark, sep))
         return mark
 
+    def header_tokens(self, context: str) -> int:
+        """Tokens the header takes in the embedder's window (and one for the line break after it)."""
+        if not context:
+            return 0
+        words = context.split()
+        return (sum(self.counter.counts(words)) if self.counter is not None else len(words)) + 1
+
     def chunks(self, units: Iterable[Unit]) -> Iterator[Chunk]:
         window = _Window(self)
+        seq: int | None = None
         for unit in units:
+            if unit.seq != seq:
+                # A section starts a chunk of its own: nothing of the one before carries over.
+                if window.fresh:
+                    yield window.emit()
+                window.clear(unit)
+                seq = unit.seq
             if not unit.table:
                 yield from window.add(self._words(unit.text, unit.page, unit.section, unit.sep, table=False))
                 continue
@@ -163,7 +190,7 @@ class Chunker:
         return _Words(texts, counts, starts, page, section)
 
     def _fits(self, words: _Words) -> bool:
-        return len(words.texts) <= self.size_words and sum(words.tokens) <= self.size_tokens
+        return len(words.texts) <= self.size_words and sum(words.tokens) <= self.limit
 
     def _groups(self, unit: Unit) -> Iterator[tuple[bool, _Words]]:
         """(atomic, words): atomic runs go whole into one chunk."""
@@ -187,7 +214,7 @@ class Chunker:
             # The part's lines and line k under the head: do they fit?
             n_words = head_words + starts[k + 1] - starts[first]
             n_tokens = head_tokens + tokens_before[starts[k + 1]] - tokens_before[starts[first]]
-            if k > first and (n_words > self.size_words or n_tokens > self.size_tokens):
+            if k > first and (n_words > self.size_words or n_tokens > self.limit):
                 yield True, self._rows(unit, lines[:h] + lines[first:k])
                 first = k
         rows = self._rows(unit, lines[:h] + lines[first:])
@@ -215,9 +242,25 @@ class _Window:
         self.total = 0
         self.fresh = 0  # words no chunk has carried yet
         self.index = 0
+        self.context = ""
+        self.nav = False
+        self.overlap_tokens = chunker.overlap_tokens
+
+    def clear(self, unit: Unit) -> None:
+        """Empty the window for a new section: its header's tokens come off the token budget."""
+        self.base += len(self.texts)
+        self.texts = []
+        self.tokens = []
+        self.total = 0
+        self.runs.clear()
+        self.fresh = 0
+        self.context, self.nav = unit.context, unit.nav
+        c = self.c
+        c.limit = max(c.size_tokens - c.header_tokens(unit.context), min(c.size_tokens, 16))
+        self.overlap_tokens = min(c.overlap_tokens, c.limit - 1)
 
     def fits(self, n_words: int, n_tokens: int) -> bool:
-        return len(self.texts) + n_words <= self.c.size_words and self.total + n_tokens <= self.c.size_tokens
+        return len(self.texts) + n_words <= self.c.size_words and self.total + n_tokens <= self.c.limit
 
     def emit(self) -> Chunk:
         texts, base, runs = self.texts, self.base, self.runs
@@ -229,13 +272,13 @@ class _Window:
         for marked, sep in self.c.unmark:
             text = text.replace(marked, sep)
         # Pages only grow along a document: the first and last word give the span.
-        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2])
+        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2], self.context, self.nav)
         self.index += 1
         self.fresh = 0
         # The most last words within both overlap limits (token counts are never negative).
         tail = self.tokens[len(texts) - self.c.overlap_words:] if len(texts) > self.c.overlap_words else self.tokens
         kept = list(accumulate(reversed(tail)))  # tokens of the last 1, 2, ... words
-        keep = bisect_right(kept, self.c.overlap_tokens)
+        keep = bisect_right(kept, self.overlap_tokens)
         n = len(texts) - keep
         if n:
             del texts[:n]
@@ -279,7 +322,7 @@ class _Window:
         while i < n:
             # As many words as fit, in one slice: the last end with before[end] - before[i] <= room_tokens.
             room_words = self.c.size_words - len(self.texts)
-            room_tokens = self.c.size_tokens - self.total
+            room_tokens = self.c.limit - self.total
             end = bisect_right(before, before[i] + room_tokens, i, min(n, i + room_words) + 1) - 1
             if end > i:
                 self.extend(words, i, end, before[end] - before[i])

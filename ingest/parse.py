@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from msgspec import Struct
 
 from ingest.chunker import PARAGRAPH, Chunk, Chunker, TokenCounter, Unit
-from ingest.pdf import OcrOptions, PdfReader, Sections, drop_repeats
+from ingest.pdf import OcrOptions, PdfReader, drop_repeats
+from ingest.structure import Section, Sections
 
 if TYPE_CHECKING:
     from core.settings import IngestSettings
@@ -33,7 +34,7 @@ def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | N
     """The document's chunks, lazily: only a few pages and one chunk window are held at a time."""
     stats = stats if stats is not None else ParseStats()
     ocr = OcrOptions(settings.ocr_language, settings.ocr_dpi) if settings.ocr else None
-    sections = Sections(reader.outline())
+    sections = Sections(reader.title, reader.outline())
 
     def units() -> Iterator[Unit]:
         for page in drop_repeats(reader.read(ocr)):
@@ -44,17 +45,21 @@ def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | N
                 stats.ocr_pages.append(page.number)
             # Consecutive paragraphs of one section go as one unit: fewer, larger steps for the chunker.
             run: list[str] = []
-            run_section: str | None = None
-            for block, section in zip(page.blocks, sections.of_blocks(page.number, page.blocks)):
-                if run and (block.table or section != run_section):
-                    yield Unit(PARAGRAPH.join(run), page.number, run_section)
+            run_section: Section | None = None
+            for block, section in zip(page.blocks, sections.of_page(page)):
+                if run and run_section is not None and (block.table or section is not run_section):
+                    yield _unit(PARAGRAPH.join(run), page.number, run_section)
                     run = []
                 if block.table:
-                    yield Unit(block.text, page.number, section, table=True)
+                    yield _unit(block.text, page.number, section, table=True)
                 else:
                     run.append(block.text)
                     run_section = section
-            if run:
-                yield Unit(PARAGRAPH.join(run), page.number, run_section)
+            if run and run_section is not None:
+                yield _unit(PARAGRAPH.join(run), page.number, run_section)
 
     return chunker(settings, counter).chunks(units())
+
+
+def _unit(text: str, page: int, section: Section, *, table: bool = False) -> Unit:
+    return Unit(text, page, section.title, table=table, seq=section.seq, context=section.context, nav=section.nav)

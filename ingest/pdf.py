@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import re
-from bisect import bisect_right
+import statistics
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +26,7 @@ from msgspec import Struct
 
 from ingest import tables
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, NotAPdf, TooLarge
+from ingest.structure import OutlineEntry
 
 log = structlog.get_logger("ingest.pdf")
 
@@ -138,19 +139,39 @@ class PdfReader:
     def pages(self) -> int:
         return int(self._doc.page_count)
 
-    @property
+    @functools.cached_property
     def title(self) -> str:
+        """The metadata's title, else the largest text of the first page ("Writing R Extensions"), else the
+        file's name."""
         meta = self._doc.metadata or {}
-        return (meta.get("title") or "").strip() or Path(self.name).stem
+        return (meta.get("title") or "").strip() or self._cover_title() or Path(self.name).stem
 
-    def outline(self) -> list[tuple[int, str]]:
-        """(1-based page, title) of every outline entry, in page order."""
+    def _cover_title(self) -> str:
+        try:
+            blocks = self._doc.load_page(0).get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT)["blocks"]
+        except (RuntimeError, ValueError, IndexError):
+            return ""
+        lines = [(max(s["size"] for s in line["spans"]), "".join(s["text"] for s in line["spans"]).strip())
+                 for b in blocks for line in b.get("lines", []) if line["spans"]]
+        lines = [(size, text) for size, text in lines if any(c.isalpha() for c in text)]
+        if not lines:
+            return ""
+        largest = max(size for size, _ in lines)
+        title_lines = [text for size, text in lines if size >= largest - 0.5]
+        # A title stands out: set larger than most of the page, in a line or three.
+        if largest < 1.2 * statistics.median(size for size, _ in lines) or len(title_lines) > 3:
+            return ""
+        title = " ".join(" ".join(title_lines).split())
+        return title[:200] if len(title) >= 3 else ""
+
+    def outline(self) -> list[OutlineEntry]:
+        """Every outline entry that points at a page, in the outline's order."""
         try:
             toc = self._doc.get_toc(simple=True)
         except (RuntimeError, ValueError):
             return []
-        return sorted(((int(page), " ".join(str(title).split())) for _, title, page in toc if page >= 1),
-                      key=lambda e: e[0])
+        return [OutlineEntry(int(page), int(level), " ".join(str(title).split()))
+                for level, title, page in toc if page >= 1 and str(title).strip()]
 
     def read(self, ocr: OcrOptions | None = None) -> Iterator[Page]:
         """Every page in order, its blocks in reading order; a page that fails to parse is broken input."""
@@ -345,42 +366,3 @@ def drop_repeats(pages: Iterable[Page], window: int = REPEAT_WINDOW) -> Iterator
             yield emit()
     while ahead:
         yield emit()
-
-
-class Sections:
-    """The outline entry each block falls under.
-
-    An entry starts at the block of its page that begins with its title, or at the top of
-    its page when no block does (titles in outlines need not match the text).
-    """
-
-    def __init__(self, outline: list[tuple[int, str]]) -> None:
-        self._outline = outline
-        self._pages = [page for page, _ in outline]
-        self.current: str | None = None
-
-    def of_blocks(self, number: int, blocks: list[Block]) -> list[str | None]:
-        """The section of each block of page ``number`` (pages are visited in order)."""
-        if not self._outline:
-            return [None] * len(blocks)
-        start, end = bisect_right(self._pages, number - 1), bisect_right(self._pages, number)
-        if self.current is None and start > 0:
-            self.current = self._outline[start - 1][1]  # the first page visited may be past some entries
-        starts: list[tuple[int, str]] = []
-        pos = 0
-        for _, title in self._outline[start:end]:
-            for j in range(pos, len(blocks)):
-                if " ".join(blocks[j].text[: len(title) + 40].split()).startswith(title):
-                    pos = j
-                    break
-            starts.append((pos, title))
-        out: list[str | None] = []
-        k = 0
-        for i in range(len(blocks)):
-            while k < len(starts) and starts[k][0] <= i:
-                self.current = starts[k][1]
-                k += 1
-            out.append(self.current)
-        if starts:
-            self.current = starts[-1][1]
-        return out

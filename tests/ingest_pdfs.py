@@ -246,3 +246,72 @@ def zero_pages(path: Path) -> Path:
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     path.write_bytes(bytes(out))
     return path
+
+
+#: The manual's sections: (level, title, body sentences). Bodies use words no other section has.
+MANUAL = [
+    (1, "Installing the harvester", ("The harvester installs from a signed tarball on every supported platform. "
+     "Unpack the tarball, run the installer script and point it at the orchard database.")),
+    (2, "Configuring orchards", ("Each orchard gets a stanza in orchards.toml naming its rows and its pickers. "
+     "The HARVEST_ROWS variable overrides the row count for one run.")),
+    (2, "Scheduling pickers", ("Pickers are scheduled by the rota engine, which balances shifts across the week. "
+     "A picker marked absent is skipped and the shift goes to the standby list.")),
+    (1, "Storing the crop", ("Crates go to the cold store within two hours of picking. "
+     "The cold store keeps apples at three degrees and pears at one degree.")),
+    (2, "Cold store alarms", ("When the temperature rises above five degrees the alarm pages the night warden. "
+     "The warden acknowledges it with the silence-alarm command.")),
+]
+
+
+def manual(path: Path, *, outline: bool = True, heading_size: float = 16, filler: int = 14) -> Path:
+    """A small reference manual: a title page, a table of contents with dot leaders, numbered
+    sections that start mid-page (the outline names them without their numbers), and an index."""
+    doc = pymupdf.open()
+    cover = doc.new_page(width=WIDTH, height=HEIGHT)
+    cover.insert_text((50, 200), "The Orchard Harvester Manual", fontsize=24)
+    cover.insert_text((50, 240), "Version 3", fontsize=11)
+    contents = doc.new_page(width=WIDTH, height=HEIGHT)
+    contents.insert_text((50, 80), "Table of Contents", fontsize=heading_size)
+    numbers, toc = _numbers(), []
+    y = 110
+    for (level, title, _), number in zip(MANUAL, numbers):
+        contents.insert_text((50 + 15 * (level - 1), y), f"{number} {title} " + ". " * 30 + f" {3 + len(toc)}",
+                             fontsize=10)
+        y += 18
+        toc.append(title)
+    for extra in range(12):  # a long table of contents: it outranked the sections it lists
+        contents.insert_text((50, y), f"A.{extra} Appendix topic {extra} " + ". " * 30 + f" {20 + extra}", fontsize=10)
+        y += 18
+    entries: list[list[object]] = [[1, "Contents", 2]]
+    filler_text = " ".join(f"routine{i} maintenance{i} note{i}." for i in range(filler))
+    for (level, title, body), number in zip(MANUAL, numbers):
+        page = doc.new_page(width=WIDTH, height=HEIGHT)
+        # Each section starts mid-page, after the tail of the one before it.
+        page.insert_textbox(pymupdf.Rect(50, 60, 545, 300), filler_text, fontsize=10)
+        page.insert_text((50, 330), f"{number} {title}", fontsize=heading_size if level == 1 else heading_size - 3)
+        page.insert_textbox(pymupdf.Rect(50, 345, 545, 800), body + " " + filler_text, fontsize=10)
+        entries.append([level, title, doc.page_count])
+    index = doc.new_page(width=WIDTH, height=HEIGHT)
+    index.insert_text((50, 80), "Index", fontsize=heading_size)
+    terms = ["alarm", "cold store", "crates", "harvester", "orchards.toml", "pickers", "rota", "standby list",
+             "tarball", "warden", "HARVEST_ROWS", "silence-alarm"]
+    for i, term in enumerate(terms):
+        index.insert_text((50, 110 + 18 * i), f"{term}, {3 + i % 5}, {4 + i % 3}", fontsize=10)
+    entries.append([1, "Index", doc.page_count])
+    if outline:
+        doc.set_toc(entries)
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def _numbers() -> list[str]:
+    out, chapter, section = [], 0, 0
+    for level, _, _ in MANUAL:
+        if level == 1:
+            chapter, section = chapter + 1, 0
+            out.append(str(chapter))
+        else:
+            section += 1
+            out.append(f"{chapter}.{section}")
+    return out

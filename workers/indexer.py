@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from core.documents import Registry
-from core.payload import DEFAULT_COLLECTION, ChunkPayload, indexed_text, payload_dict, staging
+from core.payload import DEFAULT_COLLECTION, NAV_KIND, ChunkPayload, indexed_text, payload_dict, staging
 from core.protocol import DeleteDocument, DocumentEvent, Done, IngestBatch
 from workers.sparse import Bm25Encoder
 from workers.store import PointIn
@@ -69,7 +69,7 @@ class Indexer:
                     collection=staging(collection) if batch.staged else collection,
                     document_id=doc.id, file=doc.file, title=doc.title, page=chunk.page, page_end=chunk.page_end,
                     index=chunk.index, section=chunk.section, text=chunk.text, context=chunk.context,
-                    nav=chunk.nav,
+                    kind=NAV_KIND if chunk.nav else "content",
                 )),
                 bm25,
             )

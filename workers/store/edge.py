@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from core.errors import StoreLocked
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, NAV, SPARSE, legacy_context, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, KIND, NAV_KIND, SPARSE, legacy_context, staging
 from workers.sparse import Bm25Encoder
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
 
@@ -59,7 +59,7 @@ def payload_indexes() -> list[tuple[str, Any]]:
         (COLLECTION, qe.KeywordIndexParams(is_tenant=True)),
         (DOCUMENT_ID, qe.PayloadSchemaType.Keyword),
         (INDEX, qe.IntegerIndexParams(lookup=True, range=True)),
-        (NAV, qe.PayloadSchemaType.Bool),
+        (KIND, qe.PayloadSchemaType.Keyword),
     ]
 
 
@@ -247,7 +247,7 @@ class EdgeStore:
     def _where(self, collection: str, fusion: Fusion) -> Any:
         qe = self._qe
         in_collection = qe.FieldCondition(COLLECTION, match=qe.MatchValue(collection))
-        must_not = [qe.FieldCondition(NAV, match=qe.MatchValue(True))] if fusion.exclude_nav else None
+        must_not = [qe.FieldCondition(KIND, match=qe.MatchValue(NAV_KIND))] if fusion.exclude_nav else None
         return qe.Filter(must=[in_collection], must_not=must_not), qe.Filter(must=[in_collection])
 
     def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:

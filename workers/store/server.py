@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from core.errors import Unavailable
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, NAV, SPARSE, legacy_context, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, KIND, NAV_KIND, SPARSE, legacy_context, staging
 from workers.sparse import Bm25Encoder
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
 
@@ -97,7 +97,7 @@ class ServerStore:
             (COLLECTION, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
             (DOCUMENT_ID, models.PayloadSchemaType.KEYWORD),
             (INDEX, models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)),
-            (NAV, models.PayloadSchemaType.BOOL),
+            (KIND, models.PayloadSchemaType.KEYWORD),
         ]
         present = set((await self._client.get_collection(name)).payload_schema or {})
         with warnings.catch_warnings():  # ":memory:" warns that it has no payload indexes
@@ -165,7 +165,7 @@ class ServerStore:
     def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
         models = _models()
         in_collection = models.FieldCondition(key=COLLECTION, match=models.MatchValue(value=search.collection))
-        must_not = [models.FieldCondition(key=NAV, match=models.MatchValue(value=True))] if fusion.exclude_nav else None
+        must_not = [models.FieldCondition(key=KIND, match=models.MatchValue(value=NAV_KIND))] if fusion.exclude_nav else None
         where = models.Filter(must=[in_collection], must_not=must_not)
         arms = []
         if search.dense is not None:
