@@ -193,17 +193,16 @@ class QueryPipeline:
         if self._reranker is None or not picked:
             return results
         n = self._settings.reranker.candidates
-        try:
-            scores = await self._reranker.rerank_batch(
-                [queries[i].question for i in picked],
-                [[indexed_text(str(h.payload.get("context") or ""), str(h.payload.get("text", "")))
-                  for h in results[i][:n]] for i in picked])
-        except RagError as exc:
-            log.warning("rerank_failed", code=exc.code, error=exc.message)
-            self._metrics.incr(rerank_failures=1)
-            return results
+        scores = await self._reranker.rerank_batch(
+            [queries[i].question for i in picked],
+            [[indexed_text(str(h.payload.get("context") or ""), str(h.payload.get("text", "")))
+              for h in results[i][:n]] for i in picked])
         out = list(results)
         for i, row in zip(picked, scores):
+            if isinstance(row, RagError):  # that question keeps the fused order
+                log.warning("rerank_failed", code=row.code, error=row.message)
+                self._metrics.incr(rerank_failures=1)
+                continue
             head = sorted(zip(row, range(len(row)), results[i][:n]), key=lambda t: (-t[0], t[1]))
             out[i] = [Hit(h.id, round(score, 4) if score > float("-inf") else h.score, h.payload)
                       for score, _, h in head] + results[i][n:]

@@ -26,8 +26,10 @@ MAX_CHARS = 2_000
 
 
 class Reranker(Protocol):
-    async def rerank_batch(self, questions: list[str], candidates: list[list[str]]) -> list[list[float]]:
-        """A relevance score per candidate text of each question; every question of a micro-batch at once."""
+    async def rerank_batch(self, questions: list[str],
+                           candidates: list[list[str]]) -> list[list[float] | Unavailable]:
+        """A relevance score per candidate text of each question, every question of a micro-batch at once;
+        the error instead for a question whose request failed (the others keep their scores)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -56,16 +58,24 @@ class HttpReranker:
         self._client = httpx.AsyncClient(timeout=settings.timeout_s,
                                          headers={"Authorization": f"Bearer {settings.api_key}"})
 
-    async def rerank_batch(self, questions: list[str], candidates: list[list[str]]) -> list[list[float]]:
+    async def rerank_batch(self, questions: list[str],
+                           candidates: list[list[str]]) -> list[list[float] | Unavailable]:
         # One request per question (the endpoints take one query each), all in flight together.
-        return list(await asyncio.gather(*(self._rerank(q, texts) for q, texts in zip(questions, candidates))))
+        replies = await asyncio.gather(*(self.rerank(q, texts) for q, texts in zip(questions, candidates)),
+                                       return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, Unavailable):
+                raise reply
+        return replies  # type: ignore[return-value]
 
-    async def _rerank(self, question: str, texts: list[str]) -> list[float]:
+    async def rerank(self, question: str, texts: list[str]) -> list[float]:
+        """Scores of ``texts`` for ``question``, in their order; raises Unavailable."""
         if not texts:
             return []
         clipped = [t[:MAX_CHARS] for t in texts]
         s = self._settings
-        body = ({"query": question, "texts": clipped} if s.backend == "tei" else
+        # TEI refuses (413) a pair past the model's window unless asked to truncate it.
+        body = ({"query": question, "texts": clipped, "truncate": True} if s.backend == "tei" else
                 {"model": s.model, "query": question, "documents": clipped, "top_n": len(clipped)})
         try:
             response = await self._client.post(self._url, json=body)
