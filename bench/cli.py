@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("bench.memory", "a 2,400-page PDF through python -m ingest: its peak RSS, the worker's RSS, the Redis window"),
     "llm": ("bench.llm", "local SmolLM2 (llama_cpp.server): TTFT and tokens/s, 1 and 4 concurrent, direct vs service"),
     "backlog": ("bench.backlog", "queries first: time to first token with a 10,000-chunk ingest backlog vs none"),
+    "store": ("bench.store", ("the embedded store at 200,000 chunks: a collection-filtered hybrid search, indexed and "
+              "optimized vs the previous store")),
     "retrieval": ("bench.retrieval", "retrieval quality on the dossier-bench dev set (hit@k, MRR, latency)"),
 }
 

@@ -1,7 +1,9 @@
 """``python -m ingest PATH...``: index PDFs (files or folders) through the workers, with progress.
 
 ``--delete ID_OR_PATH`` removes a document instead; ``--force`` re-indexes unchanged files;
-``--json`` prints one JSON object per line instead of a progress bar and a table.
+``--reindex`` re-indexes every indexed document (of ``--collection``, or all) from the file it was
+read from, chunked as this release chunks; ``--json`` prints one JSON object per line instead of a
+progress bar and a table.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete", metavar="ID_OR_PATH", action="append", default=[],
                         help="delete a document by id or by the path it was indexed from (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the indexed documents (of --collection, or all)")
+    parser.add_argument("--reindex", action="store_true",
+                        help="re-index every indexed document (of --collection, or all) from the file it was read "
+                             "from: after an upgrade, chunks follow this release's chunking")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a progress bar")
     args = parser.parse_args(argv)
-    if not args.paths and not args.delete and not args.list:
-        parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, or --list")
+    if not args.paths and not args.delete and not args.list and not args.reindex:
+        parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, --list or --reindex")
+    if args.reindex and (args.paths or args.delete):
+        parser.error("--reindex takes no paths and no --delete")
     if args.collection is not None and not COLLECTION.fullmatch(args.collection):
         parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
     settings = load_or_exit()
@@ -52,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_list(settings, args.collection, args.json))
         if args.delete:
             return asyncio.run(_delete(settings, args.delete, args.collection, args.json))
+        if args.reindex:
+            return asyncio.run(_reindex(settings, args.collection, args.json))
         files = list(expand(args.paths))
         if not files:
             print("error: no PDF files found in the given paths", file=sys.stderr)
@@ -130,6 +139,37 @@ async def _run(settings: Settings, files: list[Path], collection: str | None, fo
         return results
     finally:
         await redis.aclose()
+
+
+async def _reindex(settings: Settings, collection: str | None, as_json: bool) -> int:
+    """Every registered document again, from its source file, per collection; a source that is gone fails."""
+    redis = connect(settings.redis)
+    try:
+        records = await Producer(redis, settings).registry.documents(collection)
+    finally:
+        await redis.aclose()
+    by_collection: dict[str, list[Path]] = {}
+    missing = []
+    for record in records:
+        source = Path(record.source)
+        if source.is_file():
+            by_collection.setdefault(record.collection, []).append(source)
+        else:
+            missing.append(FileResult(path=record.source, status="failed", document_id=record.id,
+                                      code="file_not_found", message=f"{record.file} ({record.collection}) was read "
+                                      f"from {record.source}, which is gone: upload it again to re-index it"))
+    results = list(missing)
+    for name, files in sorted(by_collection.items()):
+        results += await _run(settings, sorted(set(files)), name, True, as_json)
+    for result in missing:
+        if as_json:
+            _print_json({"event": "file", **msgspec.to_builtins(result)})
+        else:
+            Console(stderr=True).print(f"[red]failed[/] {result.path}: {result.code}: {result.message}")
+    if not records:
+        print("nothing to re-index: no document is registered" + (f" in {collection!r}" if collection else ""),
+              file=sys.stderr)
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 async def _delete(settings: Settings, targets: list[str], collection: str | None, as_json: bool) -> int:

@@ -58,3 +58,23 @@ def test_cli_batch_reingest_and_delete(service_factory, tmp_path: Path) -> None:
                                     "chunks": files["facts.pdf"]["chunks"]}]
     code, lines, _ = ingest(service, "--json", "--delete", "0" * 32)
     assert code == 1 and lines[0]["code"] == "document_not_found"
+
+
+def test_reindex_reads_every_document_again_and_names_the_ones_whose_file_is_gone(  # type: ignore[no-untyped-def]
+        service_factory, tmp_path: Path) -> None:
+    service = service_factory(ingest_ocr="false")
+    kept = make.manual(tmp_path / "manual.pdf")
+    gone = write_pdf(tmp_path / "facts.pdf", FACTS)
+    code, lines, stderr = ingest(service, "--json", "--collection", "docs", str(kept), str(gone))
+    assert code == 0, stderr
+    before = {Path(r["path"]).name: r for r in lines if r["event"] == "file"}
+    gone.unlink()
+
+    code, lines, stderr = ingest(service, "--json", "--reindex")
+    assert code == 1, stderr  # one source is gone
+    files = {Path(r["path"]).name: r for r in lines if r["event"] == "file"}
+    assert files["manual.pdf"]["status"] == "sent"  # read again although unchanged
+    assert files["manual.pdf"]["chunks"] == before["manual.pdf"]["chunks"]
+    assert (files["facts.pdf"]["status"], files["facts.pdf"]["code"]) == ("failed", "file_not_found")
+    code, lines, _ = ingest(service, "--json", "--list", "--collection", "docs")
+    assert sorted((r["file"], r["status"]) for r in lines) == [("facts.pdf", "ready"), ("manual.pdf", "ready")]

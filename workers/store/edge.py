@@ -55,11 +55,13 @@ def payload_indexes() -> list[tuple[str, Any]]:
     """Every payload field that queries, publishing and deleting filter on."""
     qe = _qe()
     return [
-        # A tenant index: the shard keeps each collection's points together.
+        # A tenant index: the shard keeps each collection's points together, with HNSW links per collection.
         (COLLECTION, qe.KeywordIndexParams(is_tenant=True)),
-        (DOCUMENT_ID, qe.PayloadSchemaType.Keyword),
-        (INDEX, qe.IntegerIndexParams(lookup=True, range=True)),
-        (KIND, qe.PayloadSchemaType.Keyword),
+        # Publishing and deleting filter on these, searches do not: no HNSW links of their own (they cost the
+        # optimizer a graph per value).
+        (DOCUMENT_ID, qe.KeywordIndexParams(enable_hnsw=False)),
+        (INDEX, qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)),
+        (KIND, qe.KeywordIndexParams(enable_hnsw=False)),
     ]
 
 

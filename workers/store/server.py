@@ -93,11 +93,12 @@ class ServerStore:
 
     async def _ensure_indexes(self, name: str) -> None:
         models = _models()
-        indexes = [
-            (COLLECTION, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
-            (DOCUMENT_ID, models.PayloadSchemaType.KEYWORD),
-            (INDEX, models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)),
-            (KIND, models.PayloadSchemaType.KEYWORD),
+        keyword, integer = models.KeywordIndexType.KEYWORD, models.IntegerIndexType.INTEGER
+        indexes = [  # as the embedded store's (workers.store.edge.payload_indexes)
+            (COLLECTION, models.KeywordIndexParams(type=keyword, is_tenant=True)),
+            (DOCUMENT_ID, models.KeywordIndexParams(type=keyword, enable_hnsw=False)),
+            (INDEX, models.IntegerIndexParams(type=integer, lookup=True, range=True, enable_hnsw=False)),
+            (KIND, models.KeywordIndexParams(type=keyword, enable_hnsw=False)),
         ]
         present = set((await self._client.get_collection(name)).payload_schema or {})
         with warnings.catch_warnings():  # ":memory:" warns that it has no payload indexes
