@@ -54,6 +54,8 @@ class ChunkPayload(Struct, kw_only=True, omit_defaults=True):
     context: str = ""
     #: ``nav``: a table of contents, an index or a list of figures, not content.
     kind: str = "content"
+    #: The chunk's position in its section: 0 for the chunk the section starts with.
+    part: int = 0
 
     def indexed_text(self) -> str:
         return indexed_text(self.context, self.text)

@@ -45,6 +45,8 @@ class ChunkIn(Struct, frozen=True, kw_only=True):
     context: str = ""
     #: The chunk is on a table of contents, an index or a list of figures.
     nav: bool = False
+    #: Its position in its section (0: the chunk the section starts with).
+    part: int = 0
 
 
 class Document(Struct, frozen=True, kw_only=True):

@@ -77,7 +77,7 @@ class RetrievalSettings(Struct, frozen=True, kw_only=True):
     #: Chunks of tables of contents, indexes and lists of figures: left out of the results, or searched too.
     nav_pages: Literal["exclude", "include"] = "exclude"
     #: Embedded store: points added since the last optimization that start a new one in the background.
-    optimize_points: PositiveInt = 5_000
+    optimize_points: PositiveInt = 10_000
 
 
 class RerankerSettings(Struct, frozen=True, kw_only=True):

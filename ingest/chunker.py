@@ -38,6 +38,8 @@ class Chunk(Struct, frozen=True):
     context: str = ""
     #: On a table of contents, an index or a list of figures.
     nav: bool = False
+    #: The chunk's position in its section: 0 for the chunk the section starts with.
+    part: int = 0
 
 
 class Unit(NamedTuple):
@@ -244,6 +246,7 @@ class _Window:
         self.index = 0
         self.context = ""
         self.nav = False
+        self.part = 0
         self.overlap_tokens = chunker.overlap_tokens
 
     def clear(self, unit: Unit) -> None:
@@ -254,6 +257,7 @@ class _Window:
         self.total = 0
         self.runs.clear()
         self.fresh = 0
+        self.part = 0
         self.context, self.nav = unit.context, unit.nav
         c = self.c
         c.limit = max(c.size_tokens - c.header_tokens(unit.context), min(c.size_tokens, 16))
@@ -272,8 +276,9 @@ class _Window:
         for marked, sep in self.c.unmark:
             text = text.replace(marked, sep)
         # Pages only grow along a document: the first and last word give the span.
-        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2], self.context, self.nav)
+        chunk = Chunk(text, runs[0][1], runs[-1][1], self.index, runs[0][2], self.context, self.nav, self.part)
         self.index += 1
+        self.part += 1
         self.fresh = 0
         # The most last words within both overlap limits (token counts are never negative).
         tail = self.tokens[len(texts) - self.c.overlap_words:] if len(texts) > self.c.overlap_words else self.tokens

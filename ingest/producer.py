@@ -263,7 +263,7 @@ class Producer:
             message = IngestBatch(
                 document=document,
                 chunks=[ChunkIn(id=chunk_id(scope, c.index), text=c.text, page=c.page, page_end=c.page_end,
-                                index=c.index, section=c.section, context=c.context, nav=c.nav) for c in batch],
+                                index=c.index, section=c.section, context=c.context, nav=c.nav, part=c.part) for c in batch],
                 collection=self._collection,
                 seq=seq,
                 batches=seq + 1 if last else None,

@@ -69,7 +69,7 @@ class Indexer:
                     collection=staging(collection) if batch.staged else collection,
                     document_id=doc.id, file=doc.file, title=doc.title, page=chunk.page, page_end=chunk.page_end,
                     index=chunk.index, section=chunk.section, text=chunk.text, context=chunk.context,
-                    kind=NAV_KIND if chunk.nav else "content",
+                    kind=NAV_KIND if chunk.nav else "content", part=chunk.part,
                 )),
                 bm25,
             )

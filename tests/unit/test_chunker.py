@@ -14,9 +14,9 @@ def test_windows_and_page_spans_across_page_boundary():
     chunks = list(chunk_pages(pages, size=8, overlap=3))
     assert chunks == [
         Chunk(words("w", 8), 1, 1, 0),
-        Chunk(words("w", 8, start=5), 1, 2, 1),
-        Chunk(words("w", 8, start=10), 2, 2, 2),
-        Chunk(words("w", 5, start=15), 2, 2, 3),
+        Chunk(words("w", 8, start=5), 1, 2, 1, part=1),  # one section (none): parts count along it
+        Chunk(words("w", 8, start=10), 2, 2, 2, part=2),
+        Chunk(words("w", 5, start=15), 2, 2, 3, part=3),
     ]
 
 
