@@ -32,11 +32,12 @@ _NAV_TITLE = re.compile(
     r"^(?:(?:table of )?contents|(?:[\w-]+ ){0,4}(?:index|indices|indexes)(?: of [\w ]+)?"
     r"|list of (?:figures|tables|listings|examples|illustrations))$", re.IGNORECASE)
 #: Dot leaders, as tables of contents draw them between a title and its page.
-_LEADERS = re.compile(r"(?:\.\s){3,}|\.{4,}")
-#: An index line: a term, then its page references ("rev, 514, 1584").
-_INDEX_REFS = re.compile(r"\S.*,\s*\d{1,5}(?:\s*[-\u2013]\s*\d{1,5})?$")
-#: A line that is only a page number (arabic or roman): a table of contents split across lines.
-_NUMBER = re.compile(r"^(?:\d{1,5}|[ivxlcdm]{1,7})$", re.IGNORECASE)
+_LEADERS = (". . .", "....")
+# Each pattern counts the lines of a whole page at once (a pass per page, not a call per line).
+#: The end of an index line: a term's page references ("rev, 514, 1584").
+_INDEX_REFS = re.compile(r",[ \t]*\d{1,5}(?:[ \t]*[-\u2013][ \t]*\d{1,5})?[ \t]*$", re.M)
+#: A line that is only a page number (arabic or roman) or a section's: a table of contents split across lines.
+_NUMBER = re.compile(r"^[ \t]*(?:\d{1,5}(?:\.\d{1,3})*|[ivxlcdm]{1,7})[ \t]*$", re.M | re.I)
 #: Share of a page's lines that are page references from which it is a table of contents or an index.
 NAV_SHARE = 0.5
 #: Lines a page needs before it can be told a table of contents or an index.
@@ -67,15 +68,17 @@ def nav_title(title: str | None) -> bool:
 def nav_page(blocks: Sequence[Block]) -> bool:
     """Most of the page's lines are page references: a table of contents (dot leaders, page numbers)
     or an index (terms and their pages). A page of numbers alone (a program's output) is neither."""
-    lines = [line.strip() for b in blocks if not b.table for line in b.text.splitlines()]
-    lines = [line for line in lines if line]
-    if len(lines) < NAV_MIN_LINES:
+    text = "".join(b.text if b.text.endswith("\n") else b.text + "\n" for b in blocks if not b.table)
+    lines = text.count("\n")
+    if lines < NAV_MIN_LINES:
         return False
-    leaders = sum(1 for line in lines if _LEADERS.search(line))
-    refs = leaders + sum(1 for line in lines if _INDEX_REFS.match(line))
+    leaders = 0
+    if any(leader in text for leader in _LEADERS):  # str.find, not a pattern: prose pages cost next to nothing
+        leaders = sum(1 for line in text.split("\n") if any(leader in line for leader in _LEADERS))
+    refs = leaders + len(_INDEX_REFS.findall(text))
     if leaders >= 3:
-        refs += sum(1 for line in lines if _NUMBER.match(line))
-    return refs >= NAV_SHARE * len(lines)
+        refs += len(_NUMBER.findall(text))
+    return refs >= NAV_SHARE * lines
 
 
 class Section(NamedTuple):
