@@ -35,9 +35,9 @@ _NAV_TITLE = re.compile(
 _LEADERS = (". . .", "....")
 # Each pattern counts the lines of a whole page at once (a pass per page, not a call per line).
 #: The end of an index line: a term's page references ("rev, 514, 1584").
-_INDEX_REFS = re.compile(r",[ \t]*\d{1,5}(?:[ \t]*[-\u2013][ \t]*\d{1,5})?[ \t]*$", re.M)
+_INDEX_REFS = re.compile(r",[ \t]*\d{1,5}(?:[ \t]*[-\u2013][ \t]*\d{1,5})?[ \t]*$", re.MULTILINE)
 #: A line that is only a page number (arabic or roman) or a section's: a table of contents split across lines.
-_NUMBER = re.compile(r"^[ \t]*(?:\d{1,5}(?:\.\d{1,3})*|[ivxlcdm]{1,7})[ \t]*$", re.M | re.I)
+_NUMBER = re.compile(r"^[ \t]*(?:\d{1,5}(?:\.\d{1,3})*|[ivxlcdm]{1,7})[ \t]*$", re.MULTILINE | re.IGNORECASE)
 #: Share of a page's lines that are page references from which it is a table of contents or an index.
 NAV_SHARE = 0.5
 #: Lines a page needs before it can be told a table of contents or an index.
