@@ -12,10 +12,10 @@ gold page; at file level, the first gold file among the distinct files in retrie
 order. hit@k is the share of questions ranked within k; MRR is the mean of 1/rank (0 when
 not retrieved within --top-k). Latency is from submitting to the ``sources`` event.
 
-``--arms dense,sparse,hybrid,rerank`` asks every question once per arm on the same indexed
-collection: the dense arm alone, the BM25 arm alone, both fused, and both fused then
-reranked (needs RAG_RERANKER_* on the workers); ``service`` is whatever the workers are
-configured to do. One table shows them side by side.
+``--arms dense,sparse,heading,hybrid,rerank`` asks every question once per arm on the same
+indexed collection: the dense arm alone, BM25 over the chunks alone, BM25 over section headings
+alone, all fused, and all fused then reranked (needs RAG_RERANKER_* on the workers); ``service``
+is whatever the workers are configured to do. One table shows them side by side.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ ARMS: dict[str, Arm] = {
     "service": Arm(name="service"),
     "dense": Arm(name="dense", retrieval="dense", rerank=False),
     "sparse": Arm(name="sparse", retrieval="sparse", rerank=False),
+    "heading": Arm(name="heading", retrieval="heading", rerank=False),
     "hybrid": Arm(name="hybrid", retrieval="hybrid", rerank=False),
     "rerank": Arm(name="hybrid + rerank", retrieval="hybrid", rerank=True),
 }
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=10, help="sources retrieved per question (default 10)")
     parser.add_argument("--concurrency", type=int, default=1, help="questions in flight (default 1)")
     parser.add_argument("--arms", default="service",
-                        help="comma-separated: service, dense, sparse, hybrid, rerank (default: service)")
+                        help="comma-separated: service, dense, sparse, heading, hybrid, rerank (default: service)")
     parser.add_argument("--misses", action="store_true",
                         help="also list the questions whose gold page (or file) was not first, per arm")
     args = parser.parse_args(argv)

@@ -88,7 +88,7 @@ def cells(report: Report) -> str:
 
 
 def arms() -> list[Arm]:
-    chosen = [ARMS["dense"], ARMS["sparse"], ARMS["hybrid"]]
+    chosen = [ARMS["dense"], ARMS["sparse"], ARMS["heading"], ARMS["hybrid"]]
     if os.environ.get("RAG_RERANKER_BACKEND", "off") != "off" and os.environ.get("RAG_RERANKER_BASE_URL"):
         chosen.append(ARMS["rerank"])
     return chosen
@@ -124,7 +124,7 @@ async def dev_collections(ctx: Context, settings: Settings, redis: Redis) -> lis
             for arm, report in reports.items():
                 rows.append(Row(bench="retrieval", measure=f"{where}: {arm}", ours=cells(report)))
             hybrid = reports["hybrid"]
-            best = max(("dense", "sparse"), key=lambda a: (reports[a].level("page")["hit@1"],
+            best = max(("dense", "sparse", "heading"), key=lambda a: (reports[a].level("page")["hit@1"],
                                                           reports[a].level("page")["MRR"]))
             gain = hybrid.level("page")["hit@1"] - reports[best].level("page")["hit@1"]
             rows.append(Row(bench="retrieval", measure=f"{where}: fused vs the better single arm ({best})",

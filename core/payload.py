@@ -23,9 +23,11 @@ KIND: Final = "kind"
 #: keyword, not a bool: qdrant-edge-py 0.9 reads ``MatchValue(True)`` as the integer 1, matching nothing.
 NAV_KIND: Final = "nav"
 
-#: The names of a point's two vectors: the embedder's (Qdrant's unnamed default) and BM25's.
+#: The names of a point's vectors: the embedder's (Qdrant's unnamed default), BM25's over the chunk's
+#: indexed text, and BM25's over its section heading (on the chunk each section starts with only).
 DENSE: Final = ""
 SPARSE: Final = "bm25"
+HEADING: Final = "heading"
 
 
 def staging(collection: str) -> str:

@@ -18,7 +18,7 @@ from msgspec import Struct
 # ---------------------------------------------------------------- job messages
 
 
-Retrieval = Literal["hybrid", "dense", "sparse"]
+Retrieval = Literal["hybrid", "dense", "sparse", "heading"]
 
 
 class Query(Struct, frozen=True, tag="query", kw_only=True):

@@ -172,18 +172,20 @@ class QueryPipeline:
         The dense arm embeds every question of the batch in one call; a question with no
         searchable word (stopwords or symbols only) has no BM25 arm and goes by the dense one.
         """
-        default = self._settings.retrieval.mode
-        modes = [q.retrieval or default for q in queries]
-        dense_rows = [i for i, (q, m) in enumerate(zip(queries, modes)) if m != "sparse"]
-        sparse = [self._bm25.query(q.question) if m != "dense" else None for q, m in zip(queries, modes)]
-        # The BM25 arm alone cannot search a question it has no word of: the dense arm does then.
-        dense_rows += [i for i, m in enumerate(modes) if m == "sparse" and sparse[i] is None]
+        r = self._settings.retrieval
+        modes = [q.retrieval or r.mode for q in queries]
+        words = [self._bm25.query(q.question) for q in queries]
+        # A BM25 arm alone cannot search a question it has no word of: the dense arm does then.
+        dense_rows = [i for i, m in enumerate(modes) if m in ("hybrid", "dense") or words[i] is None]
         vectors: dict[int, list[float]] = {}
         if dense_rows:
             rows = await self._embedder.embed([queries[i].question for i in dense_rows], urgent=True)
             vectors = {i: row.tolist() for i, row in zip(dense_rows, rows)}
-        searches = [Search(collection=q.collection or DEFAULT_COLLECTION, dense=vectors.get(i), sparse=sparse[i])
-                    for i, q in enumerate(queries)]
+        heading_on = r.heading_weight > 0
+        searches = [Search(collection=q.collection or DEFAULT_COLLECTION, dense=vectors.get(i),
+                           sparse=words[i] if m in ("hybrid", "sparse") else None,
+                           heading=words[i] if m == "heading" or (m == "hybrid" and heading_on) else None)
+                    for i, (q, m) in enumerate(zip(queries, modes))]
         return searches, len(dense_rows)
 
     async def _reranked(self, queries: list[Query], results: list[list[Hit]], rerank: list[bool]) -> list[list[Hit]]:

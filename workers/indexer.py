@@ -59,6 +59,8 @@ class Indexer:
         vectors: Any = await self._embedder.embed(texts) if texts else []
         embedded = time.perf_counter()
         sparse = self._bm25.documents(texts)
+        # The heading arm indexes each section's heading once, on the chunk the section starts with.
+        headings = [self._bm25.heading(c.section) if c.part == 0 and not c.nav else None for c in batch.chunks]
         doc = batch.document
         collection = batch.collection or DEFAULT_COLLECTION
         points = [
@@ -72,8 +74,9 @@ class Indexer:
                     kind=NAV_KIND if chunk.nav else "content", part=chunk.part,
                 )),
                 bm25,
+                heading,
             )
-            for chunk, vector, bm25 in zip(batch.chunks, vectors, sparse)
+            for chunk, vector, bm25, heading in zip(batch.chunks, vectors, sparse, headings)
         ]
         if points:
             await self._store.upsert(points)

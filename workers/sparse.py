@@ -15,13 +15,17 @@ from workers.store.types import Sparse
 #: BM25's expected document length, in its own tokens (stopwords dropped): what a chunk of the
 #: default size (at most 180 words, 250 embedder tokens) with its header holds on average.
 AVG_LEN: Final = 110.0
+#: The same for a section heading ("Configuration options", "abbreviate").
+HEADING_AVG_LEN: Final = 4.0
 
 
 class Bm25Encoder:
-    """English word tokens, lowercased, stopwords dropped, stemmed (qdrant-edge's defaults)."""
+    """English word tokens, lowercased, stopwords dropped, stemmed (qdrant-edge's defaults); the query
+    vector is the same for chunks and headings (one weight per token: IDF comes from the store)."""
 
     def __init__(self) -> None:
         self._model = qe.Bm25(qe.Bm25Config(avg_len=AVG_LEN))
+        self._headings = qe.Bm25(qe.Bm25Config(avg_len=HEADING_AVG_LEN))
 
     def documents(self, texts: list[str]) -> list[Sparse]:
         out = []
@@ -29,6 +33,13 @@ class Bm25Encoder:
             v = self._model.embed_document(text)
             out.append(Sparse(v.indices, v.values))
         return out
+
+    def heading(self, title: str | None) -> Sparse | None:
+        """A section heading's vector; None for none, or one of stopwords only."""
+        if not title:
+            return None
+        v = self._headings.embed_document(title)
+        return Sparse(v.indices, v.values) if v.indices else None
 
     def query(self, text: str) -> Sparse | None:
         """None for a question with no searchable word (only stopwords or symbols): the dense arm alone."""

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from core.settings import IngestSettings
+from core.text import normalize
 from ingest.chunker import Chunk, TokenCounter
 from ingest.parse import parse
 from ingest.pdf import Block, PdfReader
-from ingest.structure import header, nav_page, nav_title, normalize
+from ingest.structure import header, nav_page, nav_title
 from tests import ingest_pdfs as make
 from workers.embedder import MAX_TOKENS
 

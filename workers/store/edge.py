@@ -24,17 +24,20 @@ from typing import Any
 import structlog
 
 from core.errors import StoreLocked
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, KIND, NAV_KIND, SPARSE, legacy_context, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, KIND, NAV_KIND, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
+from workers.store.migration import legacy_sparse
+from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
 CURRENT = "current"
 #: What a shard folder holds (the first generation's files, when they lie in the store's folder itself).
 SHARD_FILES = ("wal", "segments", "edge_config.json")
-#: Points given their BM25 vector per step of a migration.
+#: Points given their BM25 vectors per step of a migration.
 MIGRATE_BATCH = 256
+#: In each generation's folder: the schema its points are in (see types.SCHEMA).
+SCHEMA_FILE = "rag-schema"
 
 
 def _qe() -> Any:
@@ -52,7 +55,7 @@ def shard_config(dim: int) -> Any:
     qe = _qe()
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        sparse_vectors={name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for name in (SPARSE, HEADING)},
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
     )
 
@@ -120,20 +123,35 @@ def _open_shard(path: Path, dim: int, bm25: Bm25Encoder) -> Any:
         if not path.is_dir() or not any(path.iterdir()):
             path.mkdir(parents=True, exist_ok=True)
             shard = qe.EdgeShard.create(str(path), config)
+            write_schema(path)
         else:
             try:
                 shard = qe.EdgeShard.load(str(path), config)
             except Exception as exc:
-                if "incompatible" not in str(exc).lower() or SPARSE not in str(exc):
+                if "incompatible" not in str(exc).lower():
                     raise
-                migrate_schema1(path, bm25)
+                _add_sparse_vectors(path)  # a shard of schema 1: a dense vector only
                 shard = qe.EdgeShard.load(str(path), config)
+            if read_schema(path) < SCHEMA:
+                migrate(shard, path, bm25)
     except Exception as exc:
         if "WouldBlock" in str(exc):
             raise _locked(path) from None
         raise
     ensure_indexes(shard)
     return shard
+
+
+def read_schema(path: Path) -> int:
+    """The schema a shard's points were written (or migrated) in; 1 before the file existed."""
+    try:
+        return int((path / SCHEMA_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 1
+
+
+def write_schema(path: Path) -> None:
+    (path / SCHEMA_FILE).write_text(f"{SCHEMA}\n")
 
 
 def ensure_indexes(shard: Any) -> None:
@@ -144,47 +162,59 @@ def ensure_indexes(shard: Any) -> None:
             shard.update(qe.UpdateOperation.create_field_index(field, schema))
 
 
-def migrate_schema1(path: Path, bm25: Bm25Encoder) -> None:
-    """Give every point of a schema-1 shard its BM25 vector (from its stored text), in place.
-
-    Runs before the worker takes any job, so no query sees a half-migrated store; a crash
-    part way resumes with the points still without one.
-    """
+def _add_sparse_vectors(path: Path) -> None:
     qe = _qe()
     shard = qe.EdgeShard.load(str(path))
     try:
-        total = shard.count(qe.CountRequest(exact=True))
-        log.warning("store_migrating", path=str(path), schema_from=1, schema_to=SCHEMA, points=total,
-                    what="adding BM25 vectors and payload indexes; `python -m ingest --reindex` re-chunks "
-                         "the documents by section")
-        try:
-            shard.update(qe.UpdateOperation.create_sparse_vector(SPARSE, modifier=qe.Modifier.Idf))
-        except Exception as exc:
-            if "exist" not in str(exc).lower():
-                raise
-        ensure_indexes(shard)
-        missing = qe.Filter(must_not=[qe.HasVectorCondition(SPARSE)])
-        done = 0
-        started = time.monotonic()
-        while True:
-            records, _ = shard.scroll(qe.ScrollRequest(limit=MIGRATE_BATCH, filter=missing, with_payload=True))
-            if not records:
-                break
-            texts = []
-            for r in records:
-                payload = dict(r.payload or {})
-                context = payload.get("context") or legacy_context(payload)
-                texts.append(f"{context}\n{payload.get('text', '')}" if context else str(payload.get("text", "")))
-            vectors = bm25.documents(texts)
-            shard.update(qe.UpdateOperation.update_vectors([
-                qe.PointVectors(r.id, {SPARSE: qe.SparseVector(v.indices, v.values)})
-                for r, v in zip(records, vectors)
-            ]))
-            done += len(records)
+        for name in (SPARSE, HEADING):
+            try:
+                shard.update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
+            except Exception as exc:
+                if "exist" not in str(exc).lower():  # a migration cut short had added it
+                    raise
         shard.flush()
-        log.warning("store_migrated", path=str(path), points=done, seconds=round(time.monotonic() - started, 1))
     finally:
         shard.close()
+
+
+def migrate(shard: Any, path: Path, bm25: Bm25Encoder) -> None:
+    """Give every point of a schema-1 shard its BM25 vectors (from its stored text and section), in place.
+
+    Runs before the worker takes any job, so no query sees a half-migrated store; the schema file
+    is written last, so a crash part way runs the (idempotent) pass again at the next start.
+    """
+    qe = _qe()
+    total = shard.count(qe.CountRequest(exact=True))
+    log.warning("store_migrating", path=str(path), schema_from=read_schema(path), schema_to=SCHEMA, points=total,
+                what="adding BM25 vectors and payload indexes; `python -m ingest --reindex` re-chunks "
+                     "the documents by section")
+    ensure_indexes(shard)
+    started = time.monotonic()
+    done = 0
+    offset = None
+    while True:
+        records, offset = shard.scroll(qe.ScrollRequest(limit=MIGRATE_BATCH, offset=offset, with_payload=True))
+        vectors = legacy_sparse([dict(r.payload or {}) for r in records], bm25)
+        if records:
+            shard.update(qe.UpdateOperation.update_vectors([
+                qe.PointVectors(r.id, _sparse_vectors(qe, sparse, heading))
+                for r, (sparse, heading) in zip(records, vectors)
+            ]))
+        done += len(records)
+        if offset is None:
+            break
+    shard.flush()
+    write_schema(path)
+    log.warning("store_migrated", path=str(path), points=done, seconds=round(time.monotonic() - started, 1))
+
+
+def _sparse_vectors(qe: Any, sparse: Sparse | None, heading: Sparse | None) -> dict[str, Any]:
+    out = {}
+    if sparse is not None:
+        out[SPARSE] = qe.SparseVector(sparse.indices, sparse.values)
+    if heading is not None:
+        out[HEADING] = qe.SparseVector(heading.indices, heading.values)
+    return out
 
 
 class EdgeStore:
@@ -243,10 +273,7 @@ class EdgeStore:
     async def upsert(self, points: list[PointIn]) -> None:
         qe = self._qe
         op = qe.UpdateOperation.upsert_points([
-            qe.Point(uuid.UUID(p.id),
-                     {DENSE: p.vector, SPARSE: qe.SparseVector(p.sparse.indices, p.sparse.values)} if p.sparse
-                     else {DENSE: p.vector},
-                     p.payload)
+            qe.Point(uuid.UUID(p.id), {DENSE: p.vector, **_sparse_vectors(qe, p.sparse, p.heading)}, p.payload)
             for p in points
         ])
         await self._update(op)
@@ -261,26 +288,27 @@ class EdgeStore:
     def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
         qe = self._qe
         where, corpus = self._where(search.collection, fusion)
-        arms = []
+        # IDF over the question's own collection, not the whole shard.
+        idf = qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
+        arms, weights = [], []
         if search.dense is not None:
             arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(search.dense), filter=where))
-        if search.sparse is not None:
-            sparse = qe.SparseVector(search.sparse.indices, search.sparse.values)
-            # IDF over the question's own collection, not the whole shard.
-            arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(sparse, using=SPARSE),
-                                    filter=where, params=qe.SearchParams(idf=qe.IdfParams(corpus=corpus))))
+            weights.append(fusion.dense_weight)
+        for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
+                                     (HEADING, search.heading, fusion.heading_weight)):
+            if vector is not None:
+                query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=name)
+                arms.append(qe.Prefetch(limit=fusion.candidates, query=query, filter=where, params=idf))
+                weights.append(weight)
         if len(arms) == 1:
             arm = arms[0]
             return qe.QueryRequest(limit=limit, query=arm.query, filter=where, params=arm.params, with_payload=True)
-        if fusion.method == "dbsf":
-            method = qe.Fusion.Dbsf()
-        else:
-            method = qe.Fusion.Rrf(k=fusion.rrf_k, weights=[fusion.dense_weight, fusion.sparse_weight])
+        method = qe.Fusion.Dbsf() if fusion.method == "dbsf" else qe.Fusion.Rrf(k=fusion.rrf_k, weights=weights)
         return qe.QueryRequest(limit=limit, prefetches=arms, query=method, filter=where, with_payload=True)
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
         qe = self._qe
-        wanted = [i for i, s in enumerate(searches) if s.dense is not None or s.sparse is not None]
+        wanted = [i for i, s in enumerate(searches) if s.arms]
         out: list[list[Hit]] = [[] for _ in searches]
         if not wanted:
             return out

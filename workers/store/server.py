@@ -15,9 +15,10 @@ from typing import Any
 import structlog
 
 from core.errors import Unavailable
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, INDEX, KIND, NAV_KIND, SPARSE, legacy_context, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, KIND, NAV_KIND, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search
+from workers.store.migration import legacy_sparse
+from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -75,7 +76,7 @@ class ServerStore:
 
     async def _current_schema(self, name: str) -> bool:
         info = await self._client.get_collection(name)
-        return SPARSE in (info.config.params.sparse_vectors or {})
+        return {SPARSE, HEADING} <= set(info.config.params.sparse_vectors or {})
 
     async def _create(self, name: str, *, complete: bool) -> None:
         models = _models()
@@ -83,7 +84,8 @@ class ServerStore:
             await self._client.create_collection(
                 name,
                 vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.COSINE),
-                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                sparse_vectors_config={name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                                       for name in (SPARSE, HEADING)},
                 metadata={META_SCHEMA: SCHEMA, META_COMPLETE: complete},
             )
         except Exception as exc:
@@ -135,31 +137,19 @@ class ServerStore:
         return new
 
     async def _copy(self, target: str, records: list[Any]) -> None:
-        models = _models()
-        texts = []
-        for r in records:
-            payload = r.payload or {}
-            context = payload.get("context") or legacy_context(payload)
-            text = str(payload.get("text", ""))
-            texts.append(f"{context}\n{text}" if context else text)
         points = []
-        for r, sparse in zip(records, self._bm25.documents(texts)):
+        for r, (sparse, heading) in zip(records, legacy_sparse([r.payload or {} for r in records], self._bm25)):
             dense = r.vector.get(DENSE) if isinstance(r.vector, dict) else r.vector
-            points.append(models.PointStruct(id=r.id, payload=r.payload, vector={
-                DENSE: dense, SPARSE: models.SparseVector(indices=sparse.indices, values=sparse.values)}))
+            points.append(_models().PointStruct(id=r.id, payload=r.payload,
+                                                vector={DENSE: dense, **_sparse_vectors(sparse, heading)}))
         await self._client.upsert(target, points=points, wait=True)
 
     async def upsert(self, points: list[PointIn]) -> None:
         models = _models()
-
-        def vector(p: PointIn) -> dict[str, Any]:
-            if p.sparse is None:
-                return {DENSE: p.vector}
-            return {DENSE: p.vector, SPARSE: models.SparseVector(indices=p.sparse.indices, values=p.sparse.values)}
-
         await self._client.upsert(
             self._collection,
-            points=[models.PointStruct(id=p.id, vector=vector(p), payload=p.payload) for p in points],
+            points=[models.PointStruct(id=p.id, vector={DENSE: p.vector, **_sparse_vectors(p.sparse, p.heading)},
+                                       payload=p.payload) for p in points],
             wait=True,
         )
 
@@ -168,16 +158,18 @@ class ServerStore:
         in_collection = models.FieldCondition(key=COLLECTION, match=models.MatchValue(value=search.collection))
         must_not = [models.FieldCondition(key=KIND, match=models.MatchValue(value=NAV_KIND))] if fusion.exclude_nav else None
         where = models.Filter(must=[in_collection], must_not=must_not)
-        arms = []
+        # IDF over the question's own collection, not the whole server collection.
+        idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=[in_collection])))
+        arms, weights = [], []
         if search.dense is not None:
             arms.append(models.Prefetch(query=search.dense, limit=fusion.candidates, filter=where))
-        if search.sparse is not None:
-            arms.append(models.Prefetch(
-                query=models.SparseVector(indices=search.sparse.indices, values=search.sparse.values),
-                using=SPARSE, limit=fusion.candidates, filter=where,
-                # IDF over the question's own collection, not the whole server collection.
-                params=models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=[in_collection]))),
-            ))
+            weights.append(fusion.dense_weight)
+        for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
+                                     (HEADING, search.heading, fusion.heading_weight)):
+            if vector is not None:
+                arms.append(models.Prefetch(query=models.SparseVector(indices=vector.indices, values=vector.values),
+                                            using=name, limit=fusion.candidates, filter=where, params=idf))
+                weights.append(weight)
         if len(arms) == 1:
             arm = arms[0]
             return models.QueryRequest(query=arm.query, using=arm.using, filter=where, params=arm.params,
@@ -185,11 +177,11 @@ class ServerStore:
         if fusion.method == "dbsf":
             method = models.FusionQuery(fusion=models.Fusion.DBSF)
         else:
-            method = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=[fusion.dense_weight, fusion.sparse_weight]))
+            method = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=weights))
         return models.QueryRequest(prefetch=arms, query=method, filter=where, limit=limit, with_payload=True)
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        wanted = [i for i, s in enumerate(searches) if s.dense is not None or s.sparse is not None]
+        wanted = [i for i, s in enumerate(searches) if s.arms]
         out: list[list[Hit]] = [[] for _ in searches]
         if not wanted:
             return out
@@ -250,3 +242,12 @@ class ServerStore:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _sparse_vectors(sparse: Sparse | None, heading: Sparse | None) -> dict[str, Any]:
+    models = _models()
+    out = {}
+    for name, vector in ((SPARSE, sparse), (HEADING, heading)):
+        if vector is not None:
+            out[name] = models.SparseVector(indices=vector.indices, values=vector.values)
+    return out

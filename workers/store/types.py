@@ -23,6 +23,8 @@ class PointIn(Struct, frozen=True):
     vector: list[float]
     payload: dict[str, Any]
     sparse: Sparse | None = None
+    #: BM25 of the section's heading, on the chunk the section starts with.
+    heading: Sparse | None = None
 
 
 class Hit(Struct, frozen=True):
@@ -32,20 +34,28 @@ class Hit(Struct, frozen=True):
 
 
 class Search(Struct, frozen=True, kw_only=True):
-    """One question's search: in one collection, by either arm or both (a missing arm is not run)."""
+    """One question's search in one collection, by the arms it has a vector for (a missing arm is not run):
+    the dense one, BM25 over the chunks, and BM25 over section headings (a title field, as BM25F weighs
+    titles: a question that names a section finds the chunk the section starts with)."""
 
     collection: str
     dense: list[float] | None = None
     sparse: Sparse | None = None
+    heading: Sparse | None = None
+
+    @property
+    def arms(self) -> int:
+        return (self.dense is not None) + (self.sparse is not None) + (self.heading is not None)
 
 
 class Fusion(Struct, frozen=True, kw_only=True):
     """How both arms' candidates become one ranking (from RetrievalSettings)."""
 
-    method: str = "rrf"
+    method: str = "dbsf"
     rrf_k: int = 60
     dense_weight: float = 1.0
     sparse_weight: float = 1.0
+    heading_weight: float = 1.0
     #: Candidates each arm hands to the fusion.
     candidates: int = 50
     #: Leave chunks of tables of contents and indexes out.

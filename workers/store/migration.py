@@ -1,0 +1,28 @@
+"""The vectors of points indexed before this schema, rebuilt from what their payload kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.payload import NAV_KIND, indexed_text, legacy_context
+from core.text import starts_with_heading
+from workers.sparse import Bm25Encoder
+from workers.store.types import Sparse
+
+
+def legacy_sparse(payloads: list[dict[str, Any]], bm25: Bm25Encoder) -> list[tuple[Sparse, Sparse | None]]:
+    """(BM25 of the chunk, BM25 of its heading or None) for each stored payload.
+
+    A point of schema 1 has no contextual header (its title and section stand for it) and no
+    position in its section: the chunk whose text begins with its section's heading is the one
+    the section starts with.
+    """
+    texts = []
+    headings: list[Sparse | None] = []
+    for p in payloads:
+        text = str(p.get("text", ""))
+        texts.append(indexed_text(str(p.get("context") or legacy_context(p)), text))
+        section = p.get("section")
+        first = p.get("part") == 0 if "part" in p else bool(section) and starts_with_heading(text, str(section))
+        headings.append(bm25.heading(section) if first and p.get("kind") != NAV_KIND else None)
+    return list(zip(bm25.documents(texts), headings))
