@@ -11,6 +11,8 @@ from typing import Any, Final
 import msgspec
 from msgspec import Struct
 
+from core.text import starts_with_heading
+
 #: The collection of a question or an upload that names none.
 DEFAULT_COLLECTION: Final = "default"
 
@@ -66,6 +68,14 @@ class ChunkPayload(Struct, kw_only=True, omit_defaults=True):
 def indexed_text(context: str, text: str) -> str:
     """What both arms index: the contextual header, then the text."""
     return f"{context}\n{text}" if context else text
+
+
+def starts_section(payload: dict[str, Any]) -> bool:
+    """The chunk a section starts with. Points of schema 1 kept no position in the section (nor a
+    ``context``): there it is the chunk whose text begins with the section's heading."""
+    if "context" in payload:
+        return bool(payload.get("section")) and payload.get("part", 0) == 0  # 0 is left out when stored
+    return starts_with_heading(str(payload.get("text", "")), str(payload.get("section") or ""))
 
 
 def legacy_context(payload: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from core.errors import BadRequest, RagError
 from core.payload import DEFAULT_COLLECTION, indexed_text
 from core.protocol import Done, Error, Event, Query, Restart, Source, Sources, Timings, Token, now_ms
 from workers.generator import Answer
+from workers.ranking import CANDIDATES, HeadingMatch
 from workers.sparse import Bm25Encoder
 from workers.store import Hit, Search, fusion_of
 from workers.tokens import TokenCoalescer
@@ -96,6 +97,7 @@ class QueryPipeline:
         self._bm25 = bm25 or Bm25Encoder()
         self._reranker = reranker
         self._fusion = fusion_of(settings)
+        self._heading_match = HeadingMatch(self._bm25)
         self._registry = Registry(events.redis, events.keys)
 
     async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
@@ -131,8 +133,11 @@ class QueryPipeline:
         embedded_at = time.perf_counter()
         rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
         candidates = self._settings.reranker.candidates if any(rerank) else 0
-        limit = max(max(q.top_k for q in queries), candidates)
+        limit = max(max(q.top_k for q in queries), candidates, CANDIDATES)
         results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion)
+        # Fused (two arms or more, the heading arm among them): a question naming a section gets its start.
+        results = [self._heading_match.rerank(s.heading, hits, self._fusion) if s.heading and s.arms > 1 else hits
+                   for s, hits in zip(searches, results)]
         results = await self._reranked(queries, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.payload import NAV_KIND, indexed_text, legacy_context
-from core.text import starts_with_heading
+from core.payload import NAV_KIND, indexed_text, legacy_context, starts_section
 from workers.sparse import Bm25Encoder
 from workers.store.types import Sparse
 
@@ -23,6 +22,5 @@ def legacy_sparse(payloads: list[dict[str, Any]], bm25: Bm25Encoder) -> list[tup
         text = str(p.get("text", ""))
         texts.append(indexed_text(str(p.get("context") or legacy_context(p)), text))
         section = p.get("section")
-        first = p.get("part") == 0 if "part" in p else bool(section) and starts_with_heading(text, str(section))
-        headings.append(bm25.heading(section) if first and p.get("kind") != NAV_KIND else None)
+        headings.append(bm25.heading(section) if starts_section(p) and p.get("kind") != NAV_KIND else None)
     return list(zip(bm25.documents(texts), headings))

@@ -1,0 +1,55 @@
+"""After fusion: a question that names a section gets the chunk the section starts with first.
+
+"Tell me about Using scan directly", "Which section covers Debugging Symbols?": every word of a
+heading is in the question and makes up at least half of its words. The fused ranking
+already favours that section's chunks (the heading arm, and every chunk's header), but
+among them it has no reason to put the section's first chunk first, nor to put the named
+section above others that share its words. The store cannot test that condition (it is
+about the question's words, not a payload field), so it is applied here, to the fused
+candidates: such a chunk gains the score of one arm at its best.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Final
+
+from core.payload import starts_section
+from workers.sparse import Bm25Encoder
+from workers.store import Fusion, Hit, Sparse
+
+#: Share of the question's words (BM25 tokens) the heading must make up.
+QUESTION_SHARE: Final = 0.5
+#: Fused candidates looked at: a named section's first chunk may rank below a question's top_k.
+CANDIDATES: Final = 20
+
+
+class HeadingMatch:
+    def __init__(self, bm25: Bm25Encoder) -> None:
+        self._bm25 = bm25
+
+    @functools.lru_cache(maxsize=65_536)  # noqa: B019 - one instance per worker, for its life
+    def _tokens(self, heading: str) -> frozenset[int]:
+        v = self._bm25.query(heading)
+        return frozenset(v.indices) if v is not None else frozenset()
+
+    def names(self, question: Sparse | None, hit: Hit) -> bool:
+        """The question names the section this chunk starts."""
+        section = hit.payload.get("section")
+        if question is None or not section or not starts_section(hit.payload):
+            return False
+        heading = self._tokens(str(section))
+        words = set(question.indices)
+        return bool(heading) and heading <= words and len(heading) >= QUESTION_SHARE * len(words)
+
+    def rerank(self, question: Sparse | None, hits: list[Hit], fusion: Fusion) -> list[Hit]:
+        if question is None or not hits:
+            return hits
+        # One arm's best: a normalized score of 1 in DBSF, weight / (k + 1) in RRF.
+        bonus = 1.0 if fusion.method == "dbsf" else fusion.heading_weight / (fusion.rrf_k + 1)
+        scored = [(h.score + bonus if self.names(question, h) else h.score, i, h) for i, h in enumerate(hits)]
+        if all(s == h.score for s, _, h in scored):
+            return hits
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [Hit(h.id, s, h.payload) for s, _, h in scored]
+
