@@ -16,6 +16,8 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from core.text import normalize
+
 if TYPE_CHECKING:
     from ingest.pdf import Block, Page
 
@@ -25,9 +27,6 @@ PATH_SEP = " > "
 #: 40 of the embedder's tokens, so the chunk's own text keeps most of the 256-token window.
 HEADER_CHARS = 160
 
-_NUMBERING = re.compile(
-    r"^\s*(?:(?:chapter|section|part|appendix)\s+)?(?:\d+|[ivxlc]+|[a-z])(?:\.\d+)*\.?(?=\s|:|$)[\s:]*", re.IGNORECASE)
-_SPACES = re.compile(r"\s+")
 _NAV_TITLE = re.compile(
     r"^(?:(?:table of )?contents|(?:[\w-]+ ){0,4}(?:index|indices|indexes)(?: of [\w ]+)?"
     r"|list of (?:figures|tables|listings|examples|illustrations))$", re.IGNORECASE)
@@ -45,11 +44,6 @@ NAV_MIN_LINES = 8
 _HEADING_NUMBER = re.compile(r"^(?:\d+(?:\.\d+)*|[A-Z](?:\.\d+)+)\.?\s+\S")
 #: A detected heading is this much taller per line than the body text.
 HEADING_RATIO = 1.2
-
-
-def normalize(text: str) -> str:
-    """Whitespace collapsed, a leading section number ("3.2.1", "Chapter 4:", "A.2") dropped, casefolded."""
-    return _NUMBERING.sub("", _SPACES.sub(" ", text).strip(), count=1).casefold()
 
 
 def header(title: str, path: Sequence[str]) -> str:
