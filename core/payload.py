@@ -20,9 +20,7 @@ DEFAULT_COLLECTION: Final = "default"
 COLLECTION: Final = "collection"
 DOCUMENT_ID: Final = "document_id"
 INDEX: Final = "index"
-KIND: Final = "kind"
-#: The ``kind`` of a chunk of a table of contents, an index or a list of figures (content has none). A
-#: keyword, not a bool: qdrant-edge-py 0.9 reads ``MatchValue(True)`` as the integer 1, matching nothing.
+#: The ``kind`` of a chunk of a table of contents, an index or a list of figures (RAG_INGEST_NAV_PAGES=keep).
 NAV_KIND: Final = "nav"
 
 #: The names of a point's vectors: the embedder's (Qdrant's unnamed default), BM25's over the chunk's

@@ -78,8 +78,6 @@ class RetrievalSettings(Struct, frozen=True, kw_only=True):
     heading_weight: Annotated[float, Meta(ge=0)] = 1.0
     #: Candidates each arm hands to the fusion.
     candidates: PositiveInt = 50
-    #: Chunks of tables of contents, indexes and lists of figures: left out of the results, or searched too.
-    nav_pages: Literal["exclude", "include"] = "exclude"
     #: Embedded store: points added since the last optimization that start a new one in the background.
     optimize_points: PositiveInt = 10_000
 
@@ -154,6 +152,9 @@ class IngestSettings(Struct, frozen=True, kw_only=True):
     ocr: bool = True
     ocr_language: str = "eng"
     ocr_dpi: Annotated[int, Meta(ge=72, le=600)] = 200
+    #: Tables of contents, indexes and lists of figures: ``skip`` them (they repeat every heading and
+    #: outranked the pages they point to), or ``keep`` them, indexed and searched like content.
+    nav_pages: Literal["skip", "keep"] = "skip"
 
 
 class Settings(Struct, frozen=True, kw_only=True):

@@ -22,6 +22,8 @@ class ParseStats(Struct, kw_only=True):
     ocr_pages: list[int] = []
     #: Pages with no text layer that were not OCRed (Tesseract missing): told to the user.
     skipped_pages: list[int] = []
+    #: Pages of tables of contents, indexes and lists of figures, left out of the index.
+    nav_pages: list[int] = []
 
 
 def chunker(settings: IngestSettings, counter: TokenCounter | None) -> Chunker:
@@ -31,8 +33,24 @@ def chunker(settings: IngestSettings, counter: TokenCounter | None) -> Chunker:
 
 def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | None,
           stats: ParseStats | None = None) -> Iterator[Chunk]:
-    """The document's chunks, lazily: only a few pages and one chunk window are held at a time."""
+    """The document's chunks, lazily: only a few pages and one chunk window are held at a time.
+
+    Tables of contents, indexes and lists of figures are left out (RAG_INGEST_NAV_PAGES=skip),
+    unless they are all the document has: then it is read again, keeping them.
+    """
     stats = stats if stats is not None else ParseStats()
+    skip = settings.nav_pages == "skip"
+    produced = False
+    for chunk in _parse(reader, settings, counter, stats, skip_nav=skip):
+        produced = True
+        yield chunk
+    if skip and not produced and stats.nav_pages:
+        stats.pages, stats.ocr_pages, stats.skipped_pages, stats.nav_pages = 0, [], [], []
+        yield from _parse(reader, settings, counter, stats, skip_nav=False)
+
+
+def _parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | None, stats: ParseStats, *,
+           skip_nav: bool) -> Iterator[Chunk]:
     ocr = OcrOptions(settings.ocr_language, settings.ocr_dpi) if settings.ocr else None
     sections = Sections(reader.title, reader.outline())
 
@@ -46,7 +64,11 @@ def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | N
             # Consecutive paragraphs of one section go as one unit: fewer, larger steps for the chunker.
             run: list[str] = []
             run_section: Section | None = None
+            nav_page = False
             for block, section in zip(page.blocks, sections.of_page(page)):
+                if skip_nav and section.nav:
+                    nav_page = True
+                    continue
                 if run and run_section is not None and (block.table or section is not run_section):
                     yield _unit(PARAGRAPH.join(run), page.number, run_section)
                     run = []
@@ -57,6 +79,8 @@ def parse(reader: PdfReader, settings: IngestSettings, counter: TokenCounter | N
                     run_section = section
             if run and run_section is not None:
                 yield _unit(PARAGRAPH.join(run), page.number, run_section)
+            if nav_page:
+                stats.nav_pages.append(page.number)
 
     return chunker(settings, counter).chunks(units())
 

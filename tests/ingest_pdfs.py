@@ -287,9 +287,10 @@ def manual(path: Path, *, outline: bool = True, heading_size: float = 16, filler
     for (level, title, body), number in zip(MANUAL, numbers):
         page = doc.new_page(width=WIDTH, height=HEIGHT)
         # Each section starts mid-page, after the tail of the one before it.
-        page.insert_textbox(pymupdf.Rect(50, 60, 545, 300), filler_text, fontsize=10)
+        # insert_textbox writes nothing at all when the text does not fit: never silently.
+        assert page.insert_textbox(pymupdf.Rect(50, 60, 545, 300), filler_text, fontsize=10) >= 0, "filler too long"
         page.insert_text((50, 330), f"{number} {title}", fontsize=heading_size if level == 1 else heading_size - 3)
-        page.insert_textbox(pymupdf.Rect(50, 345, 545, 800), body + " " + filler_text, fontsize=10)
+        assert page.insert_textbox(pymupdf.Rect(50, 345, 545, 800), body + " " + filler_text, fontsize=10) >= 0
         entries.append([level, title, doc.page_count])
     index = doc.new_page(width=WIDTH, height=HEIGHT)
     index.insert_text((50, 80), "Index", fontsize=heading_size)

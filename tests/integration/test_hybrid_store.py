@@ -17,7 +17,6 @@ from core.payload import (
     COLLECTION,
     DOCUMENT_ID,
     INDEX,
-    KIND,
     NAV_KIND,
     SPARSE,
     ChunkPayload,
@@ -91,17 +90,10 @@ async def test_hybrid_finds_the_exact_name_and_keeps_the_dense_arms_recall(store
     assert (await search(store, onnx, "how do I load a spreadsheet exported as CSV"))[0] == 3
 
 
-async def test_nav_chunks_are_left_out_unless_asked_for(store: VectorStore, onnx: OnnxEmbedder) -> None:
-    await store.upsert(points(onnx, Bm25Encoder()))
-    question = "R_LIBS_USER read.csv Libraries Packages"  # every word of the contents line
-    assert 4 not in await search(store, onnx, question)
-    assert 4 in await search(store, onnx, question, exclude_nav=False)
-
-
 async def test_a_question_of_stopwords_only_gets_the_dense_arm(store: VectorStore, onnx: OnnxEmbedder) -> None:
     await store.upsert(points(onnx, Bm25Encoder()))
     assert Bm25Encoder().query("what is the of and") is None
-    assert len(await search(store, onnx, "what is the of and")) == 4  # every content chunk, by the dense arm
+    assert len(await search(store, onnx, "what is the of and")) == 5  # every chunk, by the dense arm
     # Neither arm: nothing to search, no error.
     assert await search(store, onnx, "?", dense=False, sparse=False) == []
 
@@ -116,7 +108,7 @@ async def test_edge_store_has_every_payload_index(tmp_path: Path, onnx: OnnxEmbe
     store = await EdgeStore.open(tmp_path / "qdrant", onnx.dim)
     try:
         schema = (await store.info()).payload_schema
-        assert {COLLECTION, DOCUMENT_ID, INDEX, KIND} <= set(schema)
+        assert {COLLECTION, DOCUMENT_ID, INDEX} <= set(schema)
     finally:
         await store.aclose()
 
@@ -159,7 +151,7 @@ async def test_a_schema1_shard_is_migrated_at_open_and_loses_nothing(tmp_path: P
         assert await store.count() == 600
         # Every point has its BM25 vector: the BM25 arm alone finds the exact name.
         assert (await search(store, onnx, "R_LIBS_USER", dense=False, collection="default"))[0] == 599
-        assert {COLLECTION, DOCUMENT_ID, INDEX, KIND} <= set((await store.info()).payload_schema)
+        assert {COLLECTION, DOCUMENT_ID, INDEX} <= set((await store.info()).payload_schema)
     finally:
         await store.aclose()
     out = capsys.readouterr().out + capsys.readouterr().err

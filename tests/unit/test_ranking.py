@@ -24,7 +24,10 @@ HITS = [
 ]
 
 
-def order(question: str, hits: list[Hit] = HITS, fusion: Fusion = Fusion()) -> list[str]:
+DBSF = Fusion()
+
+
+def order(question: str, hits: list[Hit] = HITS, fusion: Fusion = DBSF) -> list[str]:
     return [h.id for h in HeadingMatch(BM25).rerank(BM25.query(question), hits, fusion)]
 
 

@@ -10,7 +10,7 @@ import pytest
 from core.settings import IngestSettings
 from core.text import normalize
 from ingest.chunker import Chunk, TokenCounter
-from ingest.parse import parse
+from ingest.parse import ParseStats, parse
 from ingest.pdf import Block, PdfReader
 from ingest.structure import header, nav_page, nav_title
 from tests import ingest_pdfs as make
@@ -52,16 +52,34 @@ def test_every_section_starts_a_chunk_that_carries_its_path(tmp_path: Path, coun
     assert [c.index for c in chunks] == list(range(len(chunks)))
 
 
-def test_table_of_contents_and_index_pages_are_marked_nav(tmp_path: Path, counter: TokenCounter) -> None:
-    chunks = chunks_of(make.manual(tmp_path / "m.pdf"), counter)
-    nav = {c.page for c in chunks if c.nav}
-    assert nav == {2, 8}  # the contents page and the index page, nothing else
-    assert all(not c.nav for c in chunks if 3 <= c.page <= 7)
+def test_table_of_contents_and_index_pages_are_recognised(tmp_path: Path, counter: TokenCounter) -> None:
+    path = make.manual(tmp_path / "m.pdf")
+    kept = chunks_of(path, counter, nav_pages="keep")
+    assert {c.page for c in kept if c.nav} == {2, 8}  # the contents page and the index page, nothing else
+    assert all(not c.nav for c in kept if 3 <= c.page <= 7)
+    # By default they are left out of the index: they repeat every heading and outranked the content.
+    stats = ParseStats()
+    with PdfReader(path, max_bytes=1 << 30) as reader:
+        skipped = list(parse(reader, IngestSettings(), counter, stats))
+    assert {c.page for c in skipped} == {1, 3, 4, 5, 6, 7} and stats.nav_pages == [2, 8]
+    assert [c.text for c in skipped] == [c.text for c in kept if not c.nav]
+
+
+def test_a_document_that_is_all_index_is_kept_whole(tmp_path: Path, counter: TokenCounter) -> None:
+    import pymupdf
+
+    doc = pymupdf.open()
+    page = doc.new_page()
+    for i in range(20):  # a price list reads like an index: "term, 12"
+        page.insert_text((50, 60 + 18 * i), f"widget model {i}, {10 + i}", fontsize=10)
+    doc.save(tmp_path / "list.pdf")
+    chunks = chunks_of(tmp_path / "list.pdf", counter)
+    assert chunks and "widget model 19, 29" in chunks[-1].text
 
 
 def test_chunk_and_header_fit_the_embedder_window(tmp_path: Path, counter: TokenCounter) -> None:
     # Long sections: every chunk is cut so that header + text stay within MiniLM's 256 tokens.
-    chunks = chunks_of(make.manual(tmp_path / "m.pdf", filler=120), counter, chunk_words=400, overlap_words=20)
+    chunks = chunks_of(make.manual(tmp_path / "m.pdf", filler=60), counter, chunk_words=400, overlap_words=20)
     from tokenizers import Tokenizer
 
     from workers.embedder import minilm_files

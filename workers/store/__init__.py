@@ -32,4 +32,4 @@ async def open_store(settings: Settings, dim: int, bm25: Bm25Encoder) -> VectorS
 def fusion_of(settings: Settings) -> Fusion:
     r = settings.retrieval
     return Fusion(method=r.fusion, rrf_k=r.rrf_k, dense_weight=r.dense_weight, sparse_weight=r.sparse_weight,
-                  heading_weight=r.heading_weight, candidates=r.candidates, exclude_nav=r.nav_pages == "exclude")
+                  heading_weight=r.heading_weight, candidates=r.candidates)

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from core.errors import StoreLocked
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, KIND, NAV_KIND, SPARSE, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
@@ -70,7 +70,6 @@ def payload_indexes() -> list[tuple[str, Any]]:
         # optimizer a graph per value).
         (DOCUMENT_ID, qe.KeywordIndexParams(enable_hnsw=False)),
         (INDEX, qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)),
-        (KIND, qe.KeywordIndexParams(enable_hnsw=False)),
     ]
 
 
@@ -279,17 +278,11 @@ class EdgeStore:
         await self._update(op)
         self.pending += len(points)
 
-    def _where(self, collection: str, fusion: Fusion) -> Any:
-        qe = self._qe
-        in_collection = qe.FieldCondition(COLLECTION, match=qe.MatchValue(collection))
-        must_not = [qe.FieldCondition(KIND, match=qe.MatchValue(NAV_KIND))] if fusion.exclude_nav else None
-        return qe.Filter(must=[in_collection], must_not=must_not), qe.Filter(must=[in_collection])
-
     def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
         qe = self._qe
-        where, corpus = self._where(search.collection, fusion)
+        where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
         # IDF over the question's own collection, not the whole shard.
-        idf = qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
+        idf = qe.SearchParams(idf=qe.IdfParams(corpus=where))
         arms, weights = [], []
         if search.dense is not None:
             arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(search.dense), filter=where))

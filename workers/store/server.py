@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from core.errors import Unavailable
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, KIND, NAV_KIND, SPARSE, staging
+from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
@@ -100,7 +100,6 @@ class ServerStore:
             (COLLECTION, models.KeywordIndexParams(type=keyword, is_tenant=True)),
             (DOCUMENT_ID, models.KeywordIndexParams(type=keyword, enable_hnsw=False)),
             (INDEX, models.IntegerIndexParams(type=integer, lookup=True, range=True, enable_hnsw=False)),
-            (KIND, models.KeywordIndexParams(type=keyword, enable_hnsw=False)),
         ]
         present = set((await self._client.get_collection(name)).payload_schema or {})
         with warnings.catch_warnings():  # ":memory:" warns that it has no payload indexes
@@ -155,11 +154,10 @@ class ServerStore:
 
     def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
         models = _models()
-        in_collection = models.FieldCondition(key=COLLECTION, match=models.MatchValue(value=search.collection))
-        must_not = [models.FieldCondition(key=KIND, match=models.MatchValue(value=NAV_KIND))] if fusion.exclude_nav else None
-        where = models.Filter(must=[in_collection], must_not=must_not)
+        where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
+                                                          match=models.MatchValue(value=search.collection))])
         # IDF over the question's own collection, not the whole server collection.
-        idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=[in_collection])))
+        idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=where))
         arms, weights = [], []
         if search.dense is not None:
             arms.append(models.Prefetch(query=search.dense, limit=fusion.candidates, filter=where))

@@ -58,8 +58,6 @@ class Fusion(Struct, frozen=True, kw_only=True):
     heading_weight: float = 1.0
     #: Candidates each arm hands to the fusion.
     candidates: int = 50
-    #: Leave chunks of tables of contents and indexes out.
-    exclude_nav: bool = True
 
 
 class VectorStore(Protocol):
