@@ -81,7 +81,7 @@ async def test_the_right_page_comes_first(settings, tmp_path: Path, retrieval: R
 
 async def test_a_section_question_gets_the_chunk_the_section_starts_with(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     async with running_worker(settings):
-        await ingest(settings, make.manual(tmp_path / "manual.pdf", filler=60))
+        await ingest(settings, make.manual(tmp_path / "manual.pdf", filler=45))
         found = await sources(settings, "Scheduling pickers")
     top = found.sources[0]
     assert top.snippet.startswith("1.2 Scheduling pickers"), top.snippet[:80]
