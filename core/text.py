@@ -11,7 +11,13 @@ _SPACES = re.compile(r"\s+")
 
 def normalize(text: str) -> str:
     """Whitespace collapsed, a leading section number ("3.2.1", "Chapter 4:", "A.2") dropped, casefolded."""
-    return _NUMBERING.sub("", _SPACES.sub(" ", text).strip(), count=1).casefold()
+    return unnumbered(text).casefold()
+
+
+def unnumbered(heading: str) -> str:
+    """A heading without its number ("12.6.1 Changing the appearance" -> "Changing the appearance"):
+    outlines keep it in some documents and not in others, questions never say it."""
+    return _NUMBERING.sub("", _SPACES.sub(" ", heading).strip(), count=1)
 
 
 def starts_with_heading(text: str, heading: str) -> bool:

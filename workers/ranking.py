@@ -15,6 +15,7 @@ import functools
 from typing import Final
 
 from core.payload import starts_section
+from core.text import unnumbered
 from workers.sparse import Bm25Encoder
 from workers.store import Fusion, Hit, Sparse
 
@@ -30,7 +31,7 @@ class HeadingMatch:
 
     @functools.lru_cache(maxsize=65_536)  # noqa: B019 - one instance per worker, for its life
     def _tokens(self, heading: str) -> frozenset[int]:
-        v = self._bm25.query(heading)
+        v = self._bm25.query(unnumbered(heading))
         return frozenset(v.indices) if v is not None else frozenset()
 
     def names(self, question: Sparse | None, hit: Hit) -> bool:

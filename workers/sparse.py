@@ -10,6 +10,7 @@ from typing import Final
 
 import qdrant_edge as qe
 
+from core.text import unnumbered
 from workers.store.types import Sparse
 
 #: BM25's expected document length, in its own tokens (stopwords dropped): what a chunk of the
@@ -38,7 +39,7 @@ class Bm25Encoder:
         """A section heading's vector; None for none, or one of stopwords only."""
         if not title:
             return None
-        v = self._headings.embed_document(title)
+        v = self._headings.embed_document(unnumbered(title))
         return Sparse(v.indices, v.values) if v.indices else None
 
     def query(self, text: str) -> Sparse | None:
