@@ -66,15 +66,14 @@ class RetrievalSettings(Struct, frozen=True, kw_only=True):
     #: ``hybrid``: every arm, fused; or one arm alone: ``dense`` (the embedder), ``sparse`` (BM25 over the
     #: chunks and their headers), ``heading`` (BM25 over section headings).
     mode: Literal["hybrid", "dense", "sparse", "heading"] = "hybrid"
-    #: How the arms are fused: distribution-based score fusion (each arm's scores normalized by their
-    #: spread), or reciprocal rank fusion (weighted by the *_weight settings).
+    #: How the arms are fused, weighted by the *_weight settings: distribution-based score fusion (each
+    #: arm's scores normalized by their spread), or reciprocal rank fusion.
     fusion: Literal["dbsf", "rrf"] = "dbsf"
     #: RRF's k: 1 / (k + rank) per arm.
     rrf_k: PositiveInt = 60
-    #: Weights of the arms in RRF.
-    dense_weight: Annotated[float, Meta(ge=0)] = 1.0
+    #: The arms' weights in either fusion (0 leaves an arm out of hybrid search).
+    dense_weight: Annotated[float, Meta(ge=0)] = 3.0
     sparse_weight: Annotated[float, Meta(ge=0)] = 1.0
-    #: The heading arm's weight in RRF; 0 leaves the arm out of hybrid search (with either fusion).
     heading_weight: Annotated[float, Meta(ge=0)] = 1.0
     #: Candidates each arm hands to the fusion.
     candidates: PositiveInt = 50

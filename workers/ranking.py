@@ -46,8 +46,9 @@ class HeadingMatch:
     def rerank(self, question: Sparse | None, hits: list[Hit], fusion: Fusion) -> list[Hit]:
         if question is None or not hits:
             return hits
-        # One arm's best: a normalized score of 1 in DBSF, weight / (k + 1) in RRF.
-        bonus = 1.0 if fusion.method == "dbsf" else fusion.heading_weight / (fusion.rrf_k + 1)
+        # The strongest arm at its best: its weight times a normalized 1 in DBSF, or 1 / (k + 1) in RRF.
+        weight = max(fusion.dense_weight, fusion.sparse_weight, fusion.heading_weight)
+        bonus = weight if fusion.method == "dbsf" else weight / (fusion.rrf_k + 1)
         scored = [(h.score + bonus if self.names(question, h) else h.score, i, h) for i, h in enumerate(hits)]
         if all(s == h.score for s, _, h in scored):
             return hits

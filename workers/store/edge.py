@@ -26,6 +26,7 @@ import structlog
 from core.errors import StoreLocked
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
+from workers.store.fusion import fuse
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
 
@@ -278,37 +279,37 @@ class EdgeStore:
         await self._update(op)
         self.pending += len(points)
 
-    def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
+    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[float, Any]]:
+        """(weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
         qe = self._qe
         where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
         # IDF over the question's own collection, not the whole shard.
         idf = qe.SearchParams(idf=qe.IdfParams(corpus=where))
-        arms, weights = [], []
+        n = limit if search.arms == 1 else max(limit, fusion.candidates)
+        arms = []
         if search.dense is not None:
-            arms.append(qe.Prefetch(limit=fusion.candidates, query=qe.Query.Nearest(search.dense), filter=where))
-            weights.append(fusion.dense_weight)
+            arms.append((fusion.dense_weight, qe.QueryRequest(limit=n, query=qe.Query.Nearest(search.dense),
+                                                              filter=where, with_payload=True)))
         for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
                                      (HEADING, search.heading, fusion.heading_weight)):
             if vector is not None:
                 query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=name)
-                arms.append(qe.Prefetch(limit=fusion.candidates, query=query, filter=where, params=idf))
-                weights.append(weight)
-        if len(arms) == 1:
-            arm = arms[0]
-            return qe.QueryRequest(limit=limit, query=arm.query, filter=where, params=arm.params, with_payload=True)
-        method = qe.Fusion.Dbsf() if fusion.method == "dbsf" else qe.Fusion.Rrf(k=fusion.rrf_k, weights=weights)
-        return qe.QueryRequest(limit=limit, prefetches=arms, query=method, filter=where, with_payload=True)
+                arms.append((weight, qe.QueryRequest(limit=n, query=query, filter=where, params=idf,
+                                                     with_payload=True)))
+        return arms
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        qe = self._qe
-        wanted = [i for i, s in enumerate(searches) if s.arms]
-        out: list[list[Hit]] = [[] for _ in searches]
-        if not wanted:
-            return out
-        batch = qe.QueryBatchRequest([self._request(searches[i], limit, fusion) for i in wanted])
-        results = await self._call(lambda: self._shard.query_batch(batch))
-        for i, points in zip(wanted, results):
-            out[i] = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        arms = [self._arms(s, limit, fusion) for s in searches]
+        requests = [request for per in arms for _, request in per]
+        if not requests:
+            return [[] for _ in searches]
+        batch = self._qe.QueryBatchRequest(requests)
+        results = iter(await self._call(lambda: self._shard.query_batch(batch)))
+        out = []
+        for per in arms:
+            lists = [(w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(results)])
+                     for w, _ in per]
+            out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
         return out
 
     async def count(self) -> int:

@@ -17,6 +17,7 @@ import structlog
 from core.errors import Unavailable
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
+from workers.store.fusion import fuse
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
 
@@ -152,41 +153,37 @@ class ServerStore:
             wait=True,
         )
 
-    def _request(self, search: Search, limit: int, fusion: Fusion) -> Any:
+    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[float, Any]]:
+        """(weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
         models = _models()
         where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
                                                           match=models.MatchValue(value=search.collection))])
         # IDF over the question's own collection, not the whole server collection.
         idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=where))
-        arms, weights = [], []
+        n = limit if search.arms == 1 else max(limit, fusion.candidates)
+        arms = []
         if search.dense is not None:
-            arms.append(models.Prefetch(query=search.dense, limit=fusion.candidates, filter=where))
-            weights.append(fusion.dense_weight)
+            arms.append((fusion.dense_weight, models.QueryRequest(query=search.dense, filter=where, limit=n,
+                                                                  with_payload=True)))
         for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
                                      (HEADING, search.heading, fusion.heading_weight)):
             if vector is not None:
-                arms.append(models.Prefetch(query=models.SparseVector(indices=vector.indices, values=vector.values),
-                                            using=name, limit=fusion.candidates, filter=where, params=idf))
-                weights.append(weight)
-        if len(arms) == 1:
-            arm = arms[0]
-            return models.QueryRequest(query=arm.query, using=arm.using, filter=where, params=arm.params,
-                                       limit=limit, with_payload=True)
-        if fusion.method == "dbsf":
-            method = models.FusionQuery(fusion=models.Fusion.DBSF)
-        else:
-            method = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=weights))
-        return models.QueryRequest(prefetch=arms, query=method, filter=where, limit=limit, with_payload=True)
+                query = models.SparseVector(indices=vector.indices, values=vector.values)
+                arms.append((weight, models.QueryRequest(query=query, using=name, filter=where, params=idf, limit=n,
+                                                         with_payload=True)))
+        return arms
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        wanted = [i for i, s in enumerate(searches) if s.arms]
-        out: list[list[Hit]] = [[] for _ in searches]
-        if not wanted:
-            return out
-        responses = await self._client.query_batch_points(
-            self._collection, requests=[self._request(searches[i], limit, fusion) for i in wanted])
-        for i, response in zip(wanted, responses):
-            out[i] = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        arms = [self._arms(s, limit, fusion) for s in searches]
+        requests = [request for per in arms for _, request in per]
+        if not requests:
+            return [[] for _ in searches]
+        responses = iter(await self._client.query_batch_points(self._collection, requests=requests))
+        out = []
+        for per in arms:
+            lists = [(w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(responses).points])
+                     for w, _ in per]
+            out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
         return out
 
     async def count(self) -> int:

@@ -53,7 +53,7 @@ class Fusion(Struct, frozen=True, kw_only=True):
 
     method: str = "dbsf"
     rrf_k: int = 60
-    dense_weight: float = 1.0
+    dense_weight: float = 3.0
     sparse_weight: float = 1.0
     heading_weight: float = 1.0
     #: Candidates each arm hands to the fusion.

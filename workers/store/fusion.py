@@ -1,0 +1,42 @@
+"""Fusing the arms' candidates into one ranking: weighted DBSF, or weighted RRF.
+
+Both stores fetch every arm of every question of a micro-batch in one batched call and fuse
+here. Qdrant's own DBSF (distribution-based score fusion: each arm's scores mapped through
+mean +- 3 standard deviations onto [0, 1], then summed) takes no weights, and on the dev sets
+the dense arm needs more weight than the two BM25 arms: questions in a user's own words share
+few words with the page that answers them (bench/devsets; python -m bench retrieval).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from workers.store.types import Hit
+
+
+def dbsf(hits: list[Hit]) -> list[float]:
+    """Each score mapped through its list's mean +- 3 standard deviations onto [0, 1] (as Qdrant's DBSF)."""
+    scores = [h.score for h in hits]
+    if len(scores) < 2:
+        return [1.0] * len(scores)
+    mean, spread = statistics.fmean(scores), 3 * statistics.pstdev(scores)
+    if spread == 0:
+        return [1.0] * len(scores)
+    low = mean - spread
+    return [(s - low) / (2 * spread) for s in scores]
+
+
+def fuse(arms: list[tuple[float, list[Hit]]], *, method: str, rrf_k: int, limit: int) -> list[Hit]:
+    """The candidates of ``(weight, hits best first)`` arms, by their weighted normalized scores summed."""
+    live = [(w, hits) for w, hits in arms if hits and w > 0]
+    if len(live) == 1:
+        return live[0][1][:limit]
+    total: dict[str, float] = {}
+    first: dict[str, Hit] = {}
+    for weight, hits in live:
+        norm = dbsf(hits) if method == "dbsf" else [1 / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
+        for hit, value in zip(hits, norm):
+            total[hit.id] = total.get(hit.id, 0.0) + weight * value
+            first.setdefault(hit.id, hit)
+    order = sorted(total, key=total.__getitem__, reverse=True)[:limit]  # stable: ties keep arm order
+    return [Hit(first[i].id, round(total[i], 6), first[i].payload) for i in order]
