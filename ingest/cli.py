@@ -234,6 +234,8 @@ def _summary(console: Console, results: list[FileResult]) -> None:
             detail = r.document_id or ""
             if r.skipped_pages:
                 detail += f" ({len(r.skipped_pages)} page(s) skipped: no text layer, no OCR)"
+            if r.nav_pages:
+                detail += f" ({len(r.nav_pages)} contents/index page(s) left out)"
             if r.status == "unchanged":
                 detail += " (already indexed; --force re-indexes)"
         style = {"failed": "red", "unchanged": "dim"}.get(r.status, "")

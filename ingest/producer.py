@@ -59,6 +59,8 @@ class FileResult(Struct, kw_only=True):
     chunks: int = 0
     skipped_pages: list[int] = []
     ocr_pages: list[int] = []
+    #: Pages of tables of contents, indexes and lists of figures, left out of the index.
+    nav_pages: list[int] = []
     code: str | None = None
     message: str | None = None
 
@@ -230,7 +232,8 @@ class Producer:
             skipped = (f"{len(stats.skipped_pages)} page(s) without a text layer skipped (install tesseract-ocr to "
                        f"OCR them): {_pages(stats.skipped_pages)}") if stats.skipped_pages else None
             return FileResult(path=str(item.path), status="sent", document_id=doc_id, pages=reader.pages, chunks=sent,
-                              skipped_pages=stats.skipped_pages, ocr_pages=stats.ocr_pages, message=skipped)
+                              skipped_pages=stats.skipped_pages, ocr_pages=stats.ocr_pages,
+                              nav_pages=stats.nav_pages, message=skipped)
 
     async def _abandon(self, collection: str, doc_id: str, staged: bool, error: IngestError) -> None:
         await self.registry.fail(collection, doc_id, error.code, error.message)

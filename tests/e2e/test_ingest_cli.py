@@ -68,6 +68,7 @@ def test_reindex_reads_every_document_again_and_names_the_ones_whose_file_is_gon
     code, lines, stderr = ingest(service, "--json", "--collection", "docs", str(kept), str(gone))
     assert code == 0, stderr
     before = {Path(r["path"]).name: r for r in lines if r["event"] == "file"}
+    assert before["manual.pdf"]["nav_pages"] == [2, 8]  # its contents and index pages, left out
     gone.unlink()
 
     code, lines, stderr = ingest(service, "--json", "--reindex")
