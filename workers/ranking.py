@@ -46,12 +46,16 @@ class HeadingMatch:
     def rerank(self, question: Sparse | None, hits: list[Hit], fusion: Fusion) -> list[Hit]:
         if question is None or not hits:
             return hits
-        # The strongest arm at its best: its weight times a normalized 1 in DBSF, or 1 / (k + 1) in RRF.
+        # The strongest arm at its best (its weight times a normalized 1 in DBSF, or 1 / (k + 1) in RRF), in
+        # the measure of the heading arm's own score: of two named sections ("What is R?" and "rgb" for
+        # "what is rgb for in R?") the one whose heading matches better (rarer words) wins.
         weight = max(fusion.dense_weight, fusion.sparse_weight, fusion.heading_weight)
-        bonus = weight if fusion.method == "dbsf" else weight / (fusion.rrf_k + 1)
-        scored = [(h.score + bonus if self.names(question, h) else h.score, i, h) for i, h in enumerate(hits)]
+        best = 1.0 if fusion.method == "dbsf" else 1 / (fusion.rrf_k + 1)
+        # A fused hit the heading arm did not find gets nothing; a hit of one arm alone (no arms kept), the best.
+        scored = [(h.score + weight * h.arms.get("heading", 0.0 if h.arms else best) if self.names(question, h)
+                   else h.score, i, h) for i, h in enumerate(hits)]
         if all(s == h.score for s, _, h in scored):
             return hits
         scored.sort(key=lambda t: (-t[0], t[1]))
-        return [Hit(h.id, s, h.payload) for s, _, h in scored]
+        return [Hit(h.id, s, h.payload, h.arms) for s, _, h in scored]
 

@@ -279,8 +279,8 @@ class EdgeStore:
         await self._update(op)
         self.pending += len(points)
 
-    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[float, Any]]:
-        """(weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
+    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[str, float, Any]]:
+        """(arm, weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
         qe = self._qe
         where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
         # IDF over the question's own collection, not the whole shard.
@@ -288,27 +288,27 @@ class EdgeStore:
         n = limit if search.arms == 1 else max(limit, fusion.candidates)
         arms = []
         if search.dense is not None:
-            arms.append((fusion.dense_weight, qe.QueryRequest(limit=n, query=qe.Query.Nearest(search.dense),
+            arms.append(("dense", fusion.dense_weight, qe.QueryRequest(limit=n, query=qe.Query.Nearest(search.dense),
                                                               filter=where, with_payload=True)))
-        for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
-                                     (HEADING, search.heading, fusion.heading_weight)):
+        for arm, name, vector, weight in (("sparse", SPARSE, search.sparse, fusion.sparse_weight),
+                                          ("heading", HEADING, search.heading, fusion.heading_weight)):
             if vector is not None:
                 query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=name)
-                arms.append((weight, qe.QueryRequest(limit=n, query=query, filter=where, params=idf,
+                arms.append((arm, weight, qe.QueryRequest(limit=n, query=query, filter=where, params=idf,
                                                      with_payload=True)))
         return arms
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
         arms = [self._arms(s, limit, fusion) for s in searches]
-        requests = [request for per in arms for _, request in per]
+        requests = [request for per in arms for _, _, request in per]
         if not requests:
             return [[] for _ in searches]
         batch = self._qe.QueryBatchRequest(requests)
         results = iter(await self._call(lambda: self._shard.query_batch(batch)))
         out = []
         for per in arms:
-            lists = [(w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(results)])
-                     for w, _ in per]
+            lists = [(a, w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(results)])
+                     for a, w, _ in per]
             out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
         return out
 

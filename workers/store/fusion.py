@@ -26,17 +26,20 @@ def dbsf(hits: list[Hit]) -> list[float]:
     return [(s - low) / (2 * spread) for s in scores]
 
 
-def fuse(arms: list[tuple[float, list[Hit]]], *, method: str, rrf_k: int, limit: int) -> list[Hit]:
-    """The candidates of ``(weight, hits best first)`` arms, by their weighted normalized scores summed."""
-    live = [(w, hits) for w, hits in arms if hits and w > 0]
+def fuse(arms: list[tuple[str, float, list[Hit]]], *, method: str, rrf_k: int, limit: int) -> list[Hit]:
+    """The candidates of ``(arm, weight, hits best first)``, by their weighted normalized scores summed;
+    each hit keeps its arms' normalized scores (``Hit.arms``)."""
+    live = [(name, w, hits) for name, w, hits in arms if hits and w > 0]
     if len(live) == 1:
-        return live[0][1][:limit]
+        return live[0][2][:limit]
     total: dict[str, float] = {}
+    parts: dict[str, dict[str, float]] = {}
     first: dict[str, Hit] = {}
-    for weight, hits in live:
+    for name, weight, hits in live:
         norm = dbsf(hits) if method == "dbsf" else [1 / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
         for hit, value in zip(hits, norm):
             total[hit.id] = total.get(hit.id, 0.0) + weight * value
+            parts.setdefault(hit.id, {})[name] = value
             first.setdefault(hit.id, hit)
     order = sorted(total, key=total.__getitem__, reverse=True)[:limit]  # stable: ties keep arm order
-    return [Hit(first[i].id, round(total[i], 6), first[i].payload) for i in order]
+    return [Hit(first[i].id, round(total[i], 6), first[i].payload, parts[i]) for i in order]

@@ -153,8 +153,8 @@ class ServerStore:
             wait=True,
         )
 
-    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[float, Any]]:
-        """(weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
+    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[str, float, Any]]:
+        """(arm, weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
         models = _models()
         where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
                                                           match=models.MatchValue(value=search.collection))])
@@ -163,26 +163,26 @@ class ServerStore:
         n = limit if search.arms == 1 else max(limit, fusion.candidates)
         arms = []
         if search.dense is not None:
-            arms.append((fusion.dense_weight, models.QueryRequest(query=search.dense, filter=where, limit=n,
+            arms.append(("dense", fusion.dense_weight, models.QueryRequest(query=search.dense, filter=where, limit=n,
                                                                   with_payload=True)))
-        for name, vector, weight in ((SPARSE, search.sparse, fusion.sparse_weight),
-                                     (HEADING, search.heading, fusion.heading_weight)):
+        for arm, name, vector, weight in (("sparse", SPARSE, search.sparse, fusion.sparse_weight),
+                                          ("heading", HEADING, search.heading, fusion.heading_weight)):
             if vector is not None:
                 query = models.SparseVector(indices=vector.indices, values=vector.values)
-                arms.append((weight, models.QueryRequest(query=query, using=name, filter=where, params=idf, limit=n,
+                arms.append((arm, weight, models.QueryRequest(query=query, using=name, filter=where, params=idf, limit=n,
                                                          with_payload=True)))
         return arms
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
         arms = [self._arms(s, limit, fusion) for s in searches]
-        requests = [request for per in arms for _, request in per]
+        requests = [request for per in arms for _, _, request in per]
         if not requests:
             return [[] for _ in searches]
         responses = iter(await self._client.query_batch_points(self._collection, requests=requests))
         out = []
         for per in arms:
-            lists = [(w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(responses).points])
-                     for w, _ in per]
+            lists = [(a, w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(responses).points])
+                     for a, w, _ in per]
             out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
         return out
 

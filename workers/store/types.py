@@ -31,6 +31,8 @@ class Hit(Struct, frozen=True):
     id: str
     score: float
     payload: dict[str, Any]
+    #: After a fusion: each arm's normalized score of this hit (``dense``, ``sparse``, ``heading``), unweighted.
+    arms: dict[str, float] = {}
 
 
 class Search(Struct, frozen=True, kw_only=True):
