@@ -15,7 +15,7 @@ from core.errors import BadRequest, RagError
 from core.payload import DEFAULT_COLLECTION, indexed_text
 from core.protocol import Done, Error, Event, Query, Restart, Source, Sources, Timings, Token, now_ms
 from workers.generator import Answer
-from workers.ranking import CANDIDATES, HeadingMatch
+from workers.ranking import HeadingMatch
 from workers.sparse import Bm25Encoder
 from workers.store import Hit, Search, fusion_of
 from workers.tokens import TokenCoalescer
@@ -133,7 +133,8 @@ class QueryPipeline:
         embedded_at = time.perf_counter()
         rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
         candidates = self._settings.reranker.candidates if any(rerank) else 0
-        limit = max(max(q.top_k for q in queries), candidates, CANDIDATES)
+        # Every fused candidate (each arm's, together): the heading match looks at all of them.
+        limit = max(max(q.top_k for q in queries), candidates, 3 * self._fusion.candidates)
         results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion)
         # Fused (two arms or more, the heading arm among them): a question naming a section gets its start.
         results = [self._heading_match.rerank(s.heading, hits, self._fusion) if s.heading and s.arms > 1 else hits

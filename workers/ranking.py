@@ -4,9 +4,11 @@
 heading is in the question and makes up at least half of its words. The fused ranking
 already favours that section's chunks (the heading arm, and every chunk's header), but
 among them it has no reason to put the section's first chunk first, nor to put the named
-section above others that share its words. The store cannot test that condition (it is
-about the question's words, not a payload field), so it is applied here, to the fused
-candidates: such a chunk gains the score of one arm at its best.
+section above others that share its words, and with the dense arm weighted up for questions
+in a user's own words, the chunk can rank far down. The store cannot test that condition (it
+is about the question's words, not a payload field), so it is applied here, to every fused
+candidate before the top is cut: such a chunk gains the strongest arm's best score, in the
+measure of its heading arm's score.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from workers.store import Fusion, Hit, Sparse
 
 #: Share of the question's words (BM25 tokens) the heading must make up.
 QUESTION_SHARE: Final = 0.5
-#: Fused candidates looked at: a named section's first chunk may rank below a question's top_k.
-CANDIDATES: Final = 20
 
 
 class HeadingMatch:
