@@ -142,7 +142,7 @@ class QueryPipeline:
         results = await self._reranked(queries, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})
-        self._metrics.incr(query_batches=1, query_embed_calls=int(embedded), queries_embedded=embedded, searches=1)
+        self._metrics.incr(query_batches=1, query_embed_calls=int(embedded > 0), queries_embedded=embedded, searches=1)
         log.info("query_batch", size=len(valid), embed_ms=round((embedded_at - started) * 1000, 1),
                  search_ms=round((searched - embedded_at) * 1000, 2))
         # Every job's sources (after a `restart` for a job claimed again) in one round trip.

@@ -14,8 +14,9 @@ from core.text import unnumbered
 from workers.store.types import Sparse
 
 #: BM25's expected document length, in its own tokens (stopwords dropped): what a chunk of the
-#: default size (at most 180 words, 250 embedder tokens) with its header holds on average.
-AVG_LEN: Final = 110.0
+#: default size (at most 120 words, 160 embedder tokens) with its header holds on average (92 words,
+#: 43 distinct terms on R's manuals).
+AVG_LEN: Final = 60.0
 #: The same for a section heading ("Configuration options", "abbreviate").
 HEADING_AVG_LEN: Final = 4.0
 

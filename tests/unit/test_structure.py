@@ -79,7 +79,8 @@ def test_a_document_that_is_all_index_is_kept_whole(tmp_path: Path, counter: Tok
 
 def test_chunk_and_header_fit_the_embedder_window(tmp_path: Path, counter: TokenCounter) -> None:
     # Long sections: every chunk is cut so that header + text stay within MiniLM's 256 tokens.
-    chunks = chunks_of(make.manual(tmp_path / "m.pdf", filler=45), counter, chunk_words=400, overlap_words=20)
+    chunks = chunks_of(make.manual(tmp_path / "m.pdf", filler=45), counter, chunk_words=400, overlap_words=20,
+                       chunk_tokens=254)
     from tokenizers import Tokenizer
 
     from workers.embedder import minilm_files

@@ -55,9 +55,9 @@ class Fusion(Struct, frozen=True, kw_only=True):
 
     method: str = "dbsf"
     rrf_k: int = 60
-    dense_weight: float = 3.0
+    dense_weight: float = 4.0
     sparse_weight: float = 1.0
-    heading_weight: float = 1.0
+    heading_weight: float = 2.0
     #: Candidates each arm hands to the fusion.
     candidates: int = 50
 
