@@ -26,9 +26,9 @@ import structlog
 from core.errors import StoreLocked
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.fusion import fuse
+from workers.store.fusion import fuse_plans
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
+from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -279,38 +279,25 @@ class EdgeStore:
         await self._update(op)
         self.pending += len(points)
 
-    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[str, float, Any]]:
-        """(arm, weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
+    def _request(self, search: Search, arm: Arm) -> Any:
         qe = self._qe
         where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
+        if isinstance(arm.vector, list):
+            return qe.QueryRequest(limit=arm.limit, query=qe.Query.Nearest(arm.vector), filter=where, with_payload=True)
+        query = qe.Query.Nearest(qe.SparseVector(arm.vector.indices, arm.vector.values), using=arm.vector_name)
         # IDF over the question's own collection, not the whole shard.
-        idf = qe.SearchParams(idf=qe.IdfParams(corpus=where))
-        n = limit if search.arms == 1 else max(limit, fusion.candidates)
-        arms = []
-        if search.dense is not None:
-            arms.append(("dense", fusion.dense_weight, qe.QueryRequest(limit=n, query=qe.Query.Nearest(search.dense),
-                                                              filter=where, with_payload=True)))
-        for arm, name, vector, weight in (("sparse", SPARSE, search.sparse, fusion.sparse_weight),
-                                          ("heading", HEADING, search.heading, fusion.heading_weight)):
-            if vector is not None:
-                query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=name)
-                arms.append((arm, weight, qe.QueryRequest(limit=n, query=query, filter=where, params=idf,
-                                                     with_payload=True)))
-        return arms
+        return qe.QueryRequest(limit=arm.limit, query=query, filter=where, with_payload=True,
+                               params=qe.SearchParams(idf=qe.IdfParams(corpus=where)))
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        arms = [self._arms(s, limit, fusion) for s in searches]
-        requests = [request for per in arms for _, _, request in per]
-        if not requests:
-            return [[] for _ in searches]
-        batch = self._qe.QueryBatchRequest(requests)
-        results = iter(await self._call(lambda: self._shard.query_batch(batch)))
-        out = []
-        for per in arms:
-            lists = [(a, w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(results)])
-                     for a, w, _ in per]
-            out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
-        return out
+        plans = [s.plan(fusion, limit) for s in searches]
+        requests = [self._request(s, arm) for s, plan in zip(searches, plans) for arm in plan]
+        results = []
+        if requests:
+            batch = self._qe.QueryBatchRequest(requests)
+            results = await self._call(lambda: self._shard.query_batch(batch))
+        return fuse_plans(plans, ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+                                  for points in results), fusion, limit)
 
     async def count(self) -> int:
         return int(await self._call(lambda: self._shard.count(self._qe.CountRequest(exact=True))))

@@ -10,8 +10,9 @@ few words with the page that answers them (bench/devsets; python -m bench retrie
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 
-from workers.store.types import Hit
+from workers.store.types import Arm, Fusion, Hit
 
 
 def dbsf(hits: list[Hit]) -> list[float]:
@@ -43,3 +44,10 @@ def fuse(arms: list[tuple[str, float, list[Hit]]], *, method: str, rrf_k: int, l
             first.setdefault(hit.id, hit)
     order = sorted(total, key=total.__getitem__, reverse=True)[:limit]  # stable: ties keep arm order
     return [Hit(first[i].id, round(total[i], 6), first[i].payload, parts[i]) for i in order]
+
+
+def fuse_plans(plans: list[list[Arm]], results: Iterable[list[Hit]], fusion: Fusion, limit: int) -> list[list[Hit]]:
+    """Each search's fused candidates, from the hits of every arm of every plan, in the plans' order."""
+    lists = iter(results)
+    return [fuse([(a.arm, a.weight, next(lists)) for a in plan], method=fusion.method, rrf_k=fusion.rrf_k,
+                  limit=limit) if plan else [] for plan in plans]

@@ -17,9 +17,9 @@ import structlog
 from core.errors import Unavailable
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.fusion import fuse
+from workers.store.fusion import fuse_plans
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Fusion, Hit, PointIn, Search, Sparse
+from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -153,38 +153,23 @@ class ServerStore:
             wait=True,
         )
 
-    def _arms(self, search: Search, limit: int, fusion: Fusion) -> list[tuple[str, float, Any]]:
-        """(arm, weight, request) of each arm the search has; a lone arm asks for ``limit`` directly."""
+    def _request(self, search: Search, arm: Arm) -> Any:
         models = _models()
         where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
                                                           match=models.MatchValue(value=search.collection))])
+        if isinstance(arm.vector, list):
+            return models.QueryRequest(query=arm.vector, filter=where, limit=arm.limit, with_payload=True)
         # IDF over the question's own collection, not the whole server collection.
-        idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=where))
-        n = limit if search.arms == 1 else max(limit, fusion.candidates)
-        arms = []
-        if search.dense is not None:
-            arms.append(("dense", fusion.dense_weight, models.QueryRequest(query=search.dense, filter=where, limit=n,
-                                                                  with_payload=True)))
-        for arm, name, vector, weight in (("sparse", SPARSE, search.sparse, fusion.sparse_weight),
-                                          ("heading", HEADING, search.heading, fusion.heading_weight)):
-            if vector is not None:
-                query = models.SparseVector(indices=vector.indices, values=vector.values)
-                arms.append((arm, weight, models.QueryRequest(query=query, using=name, filter=where, params=idf, limit=n,
-                                                         with_payload=True)))
-        return arms
+        return models.QueryRequest(query=models.SparseVector(indices=arm.vector.indices, values=arm.vector.values),
+                                   using=arm.vector_name, filter=where, limit=arm.limit, with_payload=True,
+                                   params=models.SearchParams(idf=models.IdfCorpusParams(corpus=where)))
 
     async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        arms = [self._arms(s, limit, fusion) for s in searches]
-        requests = [request for per in arms for _, _, request in per]
-        if not requests:
-            return [[] for _ in searches]
-        responses = iter(await self._client.query_batch_points(self._collection, requests=requests))
-        out = []
-        for per in arms:
-            lists = [(a, w, [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in next(responses).points])
-                     for a, w, _ in per]
-            out.append(fuse(lists, method=fusion.method, rrf_k=fusion.rrf_k, limit=limit) if lists else [])
-        return out
+        plans = [s.plan(fusion, limit) for s in searches]
+        requests = [self._request(s, arm) for s, plan in zip(searches, plans) for arm in plan]
+        responses = await self._client.query_batch_points(self._collection, requests=requests) if requests else []
+        return fuse_plans(plans, ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points]
+                                  for r in responses), fusion, limit)
 
     async def count(self) -> int:
         return int((await self._client.count(self._collection, exact=True)).count)

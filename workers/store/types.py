@@ -6,6 +6,8 @@ from typing import Any, Final, Protocol
 
 from msgspec import Struct
 
+from core.payload import DENSE, HEADING, SPARSE
+
 #: The layout of the stored points: 1, a dense vector only; 2, a dense and a BM25 (``bm25``) vector,
 #: payload indexes on every filtered field, a contextual header per chunk.
 SCHEMA: Final = 2
@@ -48,6 +50,26 @@ class Search(Struct, frozen=True, kw_only=True):
     @property
     def arms(self) -> int:
         return (self.dense is not None) + (self.sparse is not None) + (self.heading is not None)
+
+    def plan(self, fusion: Fusion, limit: int) -> list[Arm]:
+        """The arm searches to run, each for its candidates (``limit`` itself for a lone arm)."""
+        n = limit if self.arms == 1 else max(limit, fusion.candidates)
+        arms = [Arm("dense", DENSE, self.dense, fusion.dense_weight, n)] if self.dense is not None else []
+        for arm, name, vector, weight in (("sparse", SPARSE, self.sparse, fusion.sparse_weight),
+                                          ("heading", HEADING, self.heading, fusion.heading_weight)):
+            if vector is not None:
+                arms.append(Arm(arm, name, vector, weight, n))
+        return arms
+
+
+class Arm(Struct, frozen=True):
+    """One arm of a search: its name, the store's vector name, the query vector, its weight, how many."""
+
+    arm: str
+    vector_name: str
+    vector: list[float] | Sparse
+    weight: float
+    limit: int
 
 
 class Fusion(Struct, frozen=True, kw_only=True):
