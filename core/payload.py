@@ -20,6 +20,8 @@ DEFAULT_COLLECTION: Final = "default"
 COLLECTION: Final = "collection"
 DOCUMENT_ID: Final = "document_id"
 INDEX: Final = "index"
+#: The payload key of a chunk's section heading (the heading match reads it).
+SECTION: Final = "section"
 #: The ``kind`` of a chunk of a table of contents, an index or a list of figures (RAG_INGEST_NAV_PAGES=keep).
 NAV_KIND: Final = "nav"
 

@@ -133,12 +133,11 @@ class QueryPipeline:
         embedded_at = time.perf_counter()
         rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
         candidates = self._settings.reranker.candidates if any(rerank) else 0
-        # Every fused candidate (each arm's, together): the heading match looks at all of them.
-        limit = max(max(q.top_k for q in queries), candidates, 3 * self._fusion.candidates)
-        results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion)
-        # Fused (two arms or more, the heading arm among them): a question naming a section gets its start.
-        results = [self._heading_match.rerank(s.heading, hits, self._fusion) if s.heading and s.arms > 1 else hits
-                   for s, hits in zip(searches, results)]
+        limit = max(max(q.top_k for q in queries), candidates)
+        # Fused (the heading arm among the arms), every candidate before the top is cut: a question that names
+        # a section gets the chunk it starts with first.
+        results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion,
+                                                 rerank=self._rank_headings)
         results = await self._reranked(queries, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})
@@ -171,6 +170,9 @@ class QueryPipeline:
             prepared.append(Prepared(delivery, query, found, timings,
                                      reservation=reservations.pop(delivery.entry_id)))
         return prepared
+
+    def _rank_headings(self, search: Search, hits: list[Hit]) -> list[Hit]:
+        return self._heading_match.rerank(search.heading, hits, self._fusion) if search.heading else hits
 
     async def _searches(self, queries: list[Query]) -> tuple[list[Search], int]:
         """Each question's search by the arms its retrieval mode names, and how many were embedded.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-from core.payload import starts_section
+from core.payload import SECTION, starts_section
 from core.text import unnumbered
 from workers.sparse import Bm25Encoder
 from workers.store import Fusion, Hit, Sparse
@@ -35,15 +35,19 @@ class HeadingMatch:
         return frozenset(v.indices) if v is not None else frozenset()
 
     def names(self, question: Sparse | None, hit: Hit) -> bool:
-        """The question names the section this chunk starts."""
-        section = hit.payload.get("section")
-        if question is None or not section or not starts_section(hit.payload):
+        """The question names the section this chunk starts (only such chunks have a heading vector: a hit
+        of the heading arm is one; a hit of fused arms without it, or of one arm alone, is asked its payload)."""
+        section = hit.payload.get(SECTION)
+        if question is None or not section:
+            return False
+        if not ("heading" in hit.arms if hit.arms else starts_section(hit.payload)):
             return False
         heading = self._tokens(str(section))
         words = set(question.indices)
         return bool(heading) and heading <= words and len(heading) >= QUESTION_SHARE * len(words)
 
     def rerank(self, question: Sparse | None, hits: list[Hit], fusion: Fusion) -> list[Hit]:
+        """``hits`` (fused, or of one arm), a named section's first chunk moved up."""
         if question is None or not hits:
             return hits
         # The strongest arm at its best (its weight times a normalized 1 in DBSF, or 1 / (k + 1) in RRF), in

@@ -26,9 +26,9 @@ import structlog
 from core.errors import StoreLocked
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.fusion import fuse_plans
+from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Search, Sparse
+from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -283,21 +283,31 @@ class EdgeStore:
         qe = self._qe
         where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
         if isinstance(arm.vector, list):
-            return qe.QueryRequest(limit=arm.limit, query=qe.Query.Nearest(arm.vector), filter=where, with_payload=True)
+            return qe.QueryRequest(limit=arm.limit, query=qe.Query.Nearest(arm.vector), filter=where,
+                                   with_payload=arm.payload)
         query = qe.Query.Nearest(qe.SparseVector(arm.vector.indices, arm.vector.values), using=arm.vector_name)
         # IDF over the question's own collection, not the whole shard.
-        return qe.QueryRequest(limit=arm.limit, query=query, filter=where, with_payload=True,
+        return qe.QueryRequest(limit=arm.limit, query=query, filter=where, with_payload=arm.payload,
                                params=qe.SearchParams(idf=qe.IdfParams(corpus=where)))
 
-    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion,
+                           rerank: Rerank | None = None) -> list[list[Hit]]:
         plans = [s.plan(fusion, limit) for s in searches]
         requests = [self._request(s, arm) for s, plan in zip(searches, plans) for arm in plan]
-        results = []
-        if requests:
-            batch = self._qe.QueryBatchRequest(requests)
-            results = await self._call(lambda: self._shard.query_batch(batch))
-        return fuse_plans(plans, ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
-                                  for points in results), fusion, limit)
+        if not requests:
+            return [[] for _ in searches]
+        batch = self._qe.QueryBatchRequest(requests)
+
+        def search() -> list[list[Hit]]:
+            # On the shard's thread, search and payloads alike: no update comes between them.
+            results = ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+                       for points in self._shard.query_batch(batch))
+            ranked = rank(searches, plans, results, fusion=fusion, limit=limit, rerank=rerank)
+            ids = unfetched(plans, ranked)
+            records = self._shard.retrieve([uuid.UUID(i) for i in ids], True, False) if ids else []
+            return fetched(plans, ranked, {str(r.id): dict(r.payload or {}) for r in records})
+
+        return list(await self._call(search))
 
     async def count(self) -> int:
         return int(await self._call(lambda: self._shard.count(self._qe.CountRequest(exact=True))))

@@ -17,9 +17,9 @@ import structlog
 from core.errors import Unavailable
 from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
 from workers.sparse import Bm25Encoder
-from workers.store.fusion import fuse_plans
+from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Search, Sparse
+from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -158,18 +158,24 @@ class ServerStore:
         where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
                                                           match=models.MatchValue(value=search.collection))])
         if isinstance(arm.vector, list):
-            return models.QueryRequest(query=arm.vector, filter=where, limit=arm.limit, with_payload=True)
+            return models.QueryRequest(query=arm.vector, filter=where, limit=arm.limit, with_payload=arm.payload)
         # IDF over the question's own collection, not the whole server collection.
         return models.QueryRequest(query=models.SparseVector(indices=arm.vector.indices, values=arm.vector.values),
-                                   using=arm.vector_name, filter=where, limit=arm.limit, with_payload=True,
+                                   using=arm.vector_name, filter=where, limit=arm.limit, with_payload=arm.payload,
                                    params=models.SearchParams(idf=models.IdfCorpusParams(corpus=where)))
 
-    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion,
+                           rerank: Rerank | None = None) -> list[list[Hit]]:
         plans = [s.plan(fusion, limit) for s in searches]
         requests = [self._request(s, arm) for s, plan in zip(searches, plans) for arm in plan]
-        responses = await self._client.query_batch_points(self._collection, requests=requests) if requests else []
-        return fuse_plans(plans, ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points]
-                                  for r in responses), fusion, limit)
+        if not requests:
+            return [[] for _ in searches]
+        responses = await self._client.query_batch_points(self._collection, requests=requests)
+        results = ([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses)
+        ranked = rank(searches, plans, results, fusion=fusion, limit=limit, rerank=rerank)
+        ids = unfetched(plans, ranked)
+        records = await self._client.retrieve(self._collection, ids=ids, with_payload=True) if ids else []
+        return fetched(plans, ranked, {str(r.id): dict(r.payload or {}) for r in records})
 
     async def count(self) -> int:
         return int((await self._client.count(self._collection, exact=True)).count)

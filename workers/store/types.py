@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from msgspec import Struct
 
-from core.payload import DENSE, HEADING, SPARSE
+from core.payload import DENSE, HEADING, SECTION, SPARSE
 
 #: The layout of the stored points: 1, a dense vector only; 2, a dense and a BM25 (``bm25``) vector,
 #: payload indexes on every filtered field, a contextual header per chunk.
@@ -52,24 +53,30 @@ class Search(Struct, frozen=True, kw_only=True):
         return (self.dense is not None) + (self.sparse is not None) + (self.heading is not None)
 
     def plan(self, fusion: Fusion, limit: int) -> list[Arm]:
-        """The arm searches to run, each for its candidates (``limit`` itself for a lone arm)."""
-        n = limit if self.arms == 1 else max(limit, fusion.candidates)
-        arms = [Arm("dense", DENSE, self.dense, fusion.dense_weight, n)] if self.dense is not None else []
-        for arm, name, vector, weight in (("sparse", SPARSE, self.sparse, fusion.sparse_weight),
-                                          ("heading", HEADING, self.heading, fusion.heading_weight)):
+        """The arm searches to run. A lone arm asks for ``limit`` hits with their payloads; arms to be fused
+        ask for their candidates without payloads (the fused top's are fetched afterwards), but for the
+        heading arm's section titles (for the heading match: workers.ranking)."""
+        lone = self.arms == 1
+        n = limit if lone else max(limit, fusion.candidates)
+        arms = ([Arm("dense", DENSE, self.dense, fusion.dense_weight, n, lone)] if self.dense is not None else [])
+        for arm, name, vector, weight, payload in (
+                ("sparse", SPARSE, self.sparse, fusion.sparse_weight, lone),
+                ("heading", HEADING, self.heading, fusion.heading_weight, True if lone else [SECTION])):
             if vector is not None:
-                arms.append(Arm(arm, name, vector, weight, n))
+                arms.append(Arm(arm, name, vector, weight, n, payload))
         return arms
 
 
 class Arm(Struct, frozen=True):
-    """One arm of a search: its name, the store's vector name, the query vector, its weight, how many."""
+    """One arm of a search: its name, the store's vector name, the query vector, its weight, how many hits,
+    and which payload (all of it, none, or these keys)."""
 
     arm: str
     vector_name: str
     vector: list[float] | Sparse
     weight: float
     limit: int
+    payload: bool | list[str] = True
 
 
 class Fusion(Struct, frozen=True, kw_only=True):
@@ -84,11 +91,18 @@ class Fusion(Struct, frozen=True, kw_only=True):
     candidates: int = 50
 
 
+#: Reorders one search's fused candidates (workers.ranking.HeadingMatch).
+Rerank = Callable[[Search, list[Hit]], list[Hit]]
+
+
 class VectorStore(Protocol):
     async def upsert(self, points: list[PointIn]) -> None: ...
 
-    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion) -> list[list[Hit]]:
-        """Every search of a micro-batch as one batched call; a search with both arms is fused."""
+    async def search_batch(self, searches: list[Search], *, limit: int, fusion: Fusion,
+                           rerank: Rerank | None = None) -> list[list[Hit]]:
+        """Every search of a micro-batch as one batched call; a search of several arms is fused, and
+        ``rerank`` reorders all of its fused candidates (their payloads not fetched yet) before the top
+        ``limit`` is kept and given its payloads, in a second call for the whole batch."""
         ...
 
     async def count(self) -> int: ...
