@@ -132,7 +132,7 @@ async def run(ctx: Context) -> list[Row]:
     measure = (f"{n:,} chunks in {COLLECTIONS} collections of {per:,}: a search filtered to one collection "
                f"(top 10), synthetic vectors")
     return [
-        Row(bench="store", measure=measure + "; ours: hybrid (dense + BM25, RRF), payload indexes, optimized",
+        Row(bench="store", measure=measure + "; ours: hybrid (dense + BM25, weighted DBSF), payload indexes, optimized",
             ours=ms(optimized), baseline=f"dense only, no payload index, never optimized: {ms(base)}",
             ratio=f"{pct(base, 50) / pct(optimized, 50):.0f}x faster (p50)"),
         Row(bench="store", measure="the same hybrid search before the background optimization (indexes only)",
