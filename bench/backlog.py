@@ -5,7 +5,8 @@ SmolLM2 behind llama_cpp.server when it is installed (else the instant fake LLM)
 queries asked one after another through the job stream. Baseline: the same questions on
 the same worker with an empty ingest stream, measured in the same run just before.
 The backlog is ingest batches of synthetic 180-word chunks, sent as the ingest producer
-sends them (EventWriter.enqueue on the ingest stream).
+sends them (EventWriter.enqueue on the ingest stream, staged: invisible to queries until the
+document is whole; visible, they would change the questions' sources and lengthen the prompts).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ async def flood(client: StreamClient, chunks: int, batch: int = 32) -> None:
     doc = Document(id=new_id(), file="backlog.pdf", source="/bench/backlog.pdf", title="backlog", pages=chunks)
     job_id = new_id()
     for start in range(0, chunks, batch):
-        message = IngestBatch(document=doc, chunks=[
+        # Staged, as the ingest producer sends a document until it is whole: the questions' sources
+        # (and so their prompts) stay the same as without the backlog.
+        message = IngestBatch(document=doc, staged=True, chunks=[
             ChunkIn(id=chunk_id(doc.id, i), text=texts[i % len(texts)], page=i + 1, page_end=i + 1, index=i)
             for i in range(start, min(start + batch, chunks))])
         await client.events.enqueue(new_job(message, job_id=job_id), client.keys.ingest)
