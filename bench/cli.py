@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "store": ("bench.store", ("the embedded store at 200,000 chunks: a collection-filtered hybrid search, indexed and "
               "optimized vs the previous store")),
     "retrieval": ("bench.retrieval", "retrieval quality on the dossier-bench dev set (hit@k, MRR, latency)"),
+    "answers": ("bench.answers", ("answer quality on dossier-bench's QA scenarios through /v1/ask: must-facts, "
+                "citations, not-found, injections, TTFT; extractive and SmolLM2")),
 }
 
 

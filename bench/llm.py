@@ -3,8 +3,8 @@
 Baseline: the openai client streaming straight from llama_cpp.server. Ours: POST
 /v1/ask through the API and ``python -m workers`` (which sends the same server the
 prompt built from the retrieved sources); the direct requests use that very prompt
-(workers.generator.build_prompt on the sources the service returned), so both do the
-same work. TTFT is from sending the request to the first token; tokens/s is completion
+(workers.generator.build_prompt on the sentences workers.passages picks from the sources the
+service returned), so both do the same work. TTFT is from sending the request to the first token; tokens/s is completion
 tokens over the time from first to last token, summed over concurrent streams.
 
 llama_cpp.server interrupts a running request when a new one arrives unless started
@@ -32,7 +32,11 @@ from core.redis import connect
 from ingest.producer import Producer
 from tests.pdfs import FACTS, write_pdf
 from tests.servers import Proc, free_port, wait_for_port
-from workers.generator import SYSTEM_PROMPT, build_prompt
+from core.settings import EmbedderSettings, LLMSettings
+from workers.embedder import OnnxEmbedder
+from workers.generator import STOP, SYSTEM_PROMPT, build_prompt
+from workers.passages import PassageSelector
+from workers.sparse import Bm25Encoder
 
 QUESTION = "What does the Zephyr turbine do?"
 
@@ -67,7 +71,8 @@ async def direct(base_url: str, prompt: str, max_tokens: int) -> Timing:
     async with AsyncOpenAI(base_url=base_url, api_key="unused") as client:
         t = Timing(time.perf_counter())
         response = await client.chat.completions.create(
-            model="smollm2", max_tokens=max_tokens, temperature=0, stream=True,
+            model="smollm2", max_tokens=max_tokens, temperature=0, stream=True, stop=STOP,
+            frequency_penalty=LLMSettings().frequency_penalty,
             messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}])
         async for chunk in response:
             for choice in chunk.choices:
@@ -78,11 +83,16 @@ async def direct(base_url: str, prompt: str, max_tokens: int) -> Timing:
 
 
 async def prompts_of(http: httpx.AsyncClient, names: list[str]) -> dict[str, str]:
-    """The prompt the worker builds for QUESTION in each collection, from the sources it retrieved."""
+    """The prompt the worker builds for QUESTION in each collection: the same sentences of the sources it
+    retrieved, chosen by the same selector with the same embedder and budget."""
+    llm = LLMSettings()
+    embedder = OnnxEmbedder(EmbedderSettings())
+    selector = PassageSelector(embedder, Bm25Encoder(), budget_tokens=llm.context_tokens, min_score=llm.min_score)
     prompts = {}
     for name in names:
         _, sources = await ask(http, name)
-        prompts[name] = build_prompt(QUESTION, sources, 900)
+        (context,) = await selector.select([QUESTION], [None], [sources])
+        prompts[name] = build_prompt(QUESTION, context)
     return prompts
 
 

@@ -207,12 +207,23 @@ class Restart(Struct, frozen=True, tag="restart", tag_field="type", kw_only=True
     reason: str = "worker_lost"
 
 
+#: The answer, word for word, when nothing retrieved answers the question (``done.found`` is false then).
+NOT_FOUND_ANSWER: Final = "I found nothing on this in the documents."
+#: The error code of a question to a collection that has no documents.
+EMPTY_COLLECTION: Final = "empty_collection"
+
+
 class Done(Struct, frozen=True, tag="done", tag_field="type", kw_only=True):
     answer: str = ""
+    #: The sources the answer cites as [n]; for an answer that cites none, those whose sentences support it.
     citations: list[Source] = []
     usage: Usage = Usage()
     timings: Timings = Timings()
     chunks: int = 0
+    #: False when nothing retrieved answers the question: the answer is NOT_FOUND_ANSWER.
+    found: bool = True
+    #: False when the answer cites nothing and no source supports it sentence by sentence.
+    supported: bool = True
 
 
 class Error(Struct, frozen=True, tag="error", tag_field="type", kw_only=True):

@@ -17,7 +17,8 @@ import numpy as np
 from litestar import Litestar, Request, post
 from litestar.response import Stream
 
-_SOURCE_ONE = re.compile(r"\[1\][^\n]*\n(.+)")
+#: "[1] file, page 2 (section): the sentences chosen from source 1" (workers.generator.build_prompt).
+_SOURCE_ONE = re.compile(r"^\[1\] [^:\n]*: (.+)$", re.MULTILINE)
 
 
 def answer_for(prompt: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -13,14 +13,31 @@ from msgspec import Struct
 from core.documents import Registry
 from core.errors import BadRequest, RagError
 from core.payload import DEFAULT_COLLECTION, indexed_text
-from core.protocol import Done, Error, Event, Query, Restart, Source, Sources, Timings, Token, now_ms
+from core.protocol import (
+    EMPTY_COLLECTION,
+    NOT_FOUND_ANSWER,
+    Done,
+    Error,
+    Event,
+    Query,
+    Restart,
+    Source,
+    Sources,
+    Timings,
+    Token,
+    now_ms,
+)
+from workers.citations import cite, says_not_found
 from workers.generator import Answer
+from workers.passages import Context, PassageSelector
 from workers.ranking import HeadingMatch
 from workers.sparse import Bm25Encoder
 from workers.store import Hit, Search, fusion_of
 from workers.tokens import TokenCoalescer
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from core.events import EventWriter
     from core.settings import Settings
     from workers.consumer import Consumer, Delivery
@@ -31,8 +48,6 @@ if TYPE_CHECKING:
     from workers.store import VectorStore
 
 log = structlog.get_logger("workers.answers")
-
-_CITATION = re.compile(r"\[(\d+)\]")
 
 
 class Prepared(Struct):
@@ -46,6 +61,8 @@ class Prepared(Struct):
     streamed: bool = False
     #: Holds background (ingest) embedding back from the moment the job is read to its first token.
     reservation: Reservation | None = None
+    #: The sentences the answer is built from (chosen after the sources event is written).
+    context: Context = Context([], found=False)
 
 
 def to_sources(hits: list[Hit]) -> list[Source]:
@@ -64,13 +81,6 @@ def to_sources(hits: list[Hit]) -> list[Source]:
         )
         for i, h in enumerate(hits, start=1)
     ]
-
-
-def cited(answer: str, sources: list[Source]) -> list[Source]:
-    """The sources the answer cites as [n]; all of them when it cites none."""
-    numbers = {int(n) for n in _CITATION.findall(answer)}
-    picked = [s for s in sources if s.n in numbers]
-    return picked or sources
 
 
 class QueryPipeline:
@@ -99,6 +109,8 @@ class QueryPipeline:
         self._fusion = fusion_of(settings)
         self._heading_match = HeadingMatch(self._bm25)
         self._registry = Registry(events.redis, events.keys)
+        self._passages = PassageSelector(embedder, self._bm25, budget_tokens=settings.llm.context_tokens,
+                                         min_score=settings.llm.min_score)
 
     async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
         """Embed every question in one call, search once for all, and send each job its sources."""
@@ -129,7 +141,7 @@ class QueryPipeline:
     async def _prepare(self, valid: list[tuple[Delivery, Query]], reservations: dict[bytes, Reservation],
                        started: float, picked_ms: int) -> list[Prepared]:
         queries = [q for _, q in valid]
-        searches, embedded = await self._searches(queries)
+        searches, embedded, vectors = await self._searches(queries)
         embedded_at = time.perf_counter()
         rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
         candidates = self._settings.reranker.candidates if any(rerank) else 0
@@ -146,20 +158,32 @@ class QueryPipeline:
                  search_ms=round((searched - embedded_at) * 1000, 2))
         # Every job's sources (after a `restart` for a job claimed again) in one round trip.
         sources = [to_sources(hits[: q.top_k]) for q, hits in zip(queries, results)]
+        empty = await self._empty_collections({q.collection or DEFAULT_COLLECTION for q, found
+                                                in zip(queries, sources) if not found})
         events: list[tuple[str, Event]] = []
         for (delivery, query), found in zip(valid, sources):
             assert delivery.job is not None
             if delivery.deliveries > 1:
                 events.append((delivery.job.id, Restart(delivery=delivery.deliveries)))
-            events.append((delivery.job.id, Sources(
-                sources=found, indexing=indexing.get(query.collection or DEFAULT_COLLECTION, []))))
+            collection = query.collection or DEFAULT_COLLECTION
+            events.append((delivery.job.id, Sources(sources=found, indexing=indexing.get(collection, []))))
+            if collection in empty:  # no sources, and no documents to find any in: it ends here
+                events.append((delivery.job.id, Error(code=EMPTY_COLLECTION, message=(
+                    f"the collection {collection!r} has no documents: ingest some first (python -m ingest, "
+                    "or POST /v1/documents)"))))
         written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
+        kept = [i for i, (d, q) in enumerate(valid) if (q.collection or DEFAULT_COLLECTION) not in empty]
+        contexts = dict(zip(kept, await self._passages.select(
+            [queries[i].question for i in kept], [vectors.get(i) for i in kept], [sources[i] for i in kept])))
         prepared: list[Prepared] = []
-        for (delivery, query), found in zip(valid, sources):
+        for i, ((delivery, query), found) in enumerate(zip(valid, sources)):
             assert delivery.job is not None
             if written[delivery.job.id] is None:  # cancelled: `cancelled` is written, nothing more
                 await self._consumer.ack(delivery)
                 self._metrics.incr(cancelled=1)
+                continue
+            if i not in contexts:  # an empty collection: told so in its error event
+                await self._consumer.ack(delivery)
                 continue
             timings = Timings(
                 queued_ms=float(max(0, picked_ms - delivery.job.created_ms)),
@@ -168,14 +192,19 @@ class QueryPipeline:
                 batch_size=len(valid),
             )
             prepared.append(Prepared(delivery, query, found, timings,
-                                     reservation=reservations.pop(delivery.entry_id)))
+                                     reservation=reservations.pop(delivery.entry_id), context=contexts[i]))
         return prepared
+
+    async def _empty_collections(self, collections: set[str]) -> set[str]:
+        """Of the collections a search found nothing in, those with no document at all (indexing counts)."""
+        return {c for c in collections if not await self._registry.documents(c)}
 
     def _rank_headings(self, search: Search, hits: list[Hit]) -> list[Hit]:
         return self._heading_match.rerank(search.heading, hits, self._fusion) if search.heading else hits
 
-    async def _searches(self, queries: list[Query]) -> tuple[list[Search], int]:
-        """Each question's search by the arms its retrieval mode names, and how many were embedded.
+    async def _searches(self, queries: list[Query]) -> tuple[list[Search], int, dict[int, np.ndarray]]:
+        """Each question's search by the arms its retrieval mode names, how many were embedded, and the
+        question vectors by position.
 
         The dense arm embeds every question of the batch in one call; a question with no
         searchable word (stopwords or symbols only) has no BM25 arm and goes by the dense one.
@@ -185,16 +214,17 @@ class QueryPipeline:
         words = [self._bm25.query(q.question) for q in queries]
         # A BM25 arm alone cannot search a question it has no word of: the dense arm does then.
         dense_rows = [i for i, m in enumerate(modes) if m in ("hybrid", "dense") or words[i] is None]
-        vectors: dict[int, list[float]] = {}
+        vectors: dict[int, np.ndarray] = {}
         if dense_rows:
             rows = await self._embedder.embed([queries[i].question for i in dense_rows], urgent=True)
-            vectors = {i: row.tolist() for i, row in zip(dense_rows, rows)}
+            vectors = dict(zip(dense_rows, rows))
         heading_on = r.heading_weight > 0
-        searches = [Search(collection=q.collection or DEFAULT_COLLECTION, dense=vectors.get(i),
+        searches = [Search(collection=q.collection or DEFAULT_COLLECTION,
+                           dense=vectors[i].tolist() if i in vectors else None,
                            sparse=words[i] if m in ("hybrid", "sparse") else None,
                            heading=words[i] if m == "heading" or (m == "hybrid" and heading_on) else None)
                     for i, (q, m) in enumerate(zip(queries, modes))]
-        return searches, len(dense_rows)
+        return searches, len(dense_rows), vectors
 
     async def _reranked(self, queries: list[Query], results: list[list[Hit]], rerank: list[bool]) -> list[list[Hit]]:
         """The fused candidates of the questions to rerank, reordered by the reranker (one call per
@@ -237,7 +267,10 @@ class QueryPipeline:
         reservation = item.reservation = item.reservation or self._embedder.reserve()
         try:
             # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
-            async with aclosing(self._generator.stream(item.query.question, item.sources, result)) as stream:
+            found = item.context.found
+            stream = self._generator.stream(item.query.question, item.context, result) if found else _words(
+                NOT_FOUND_ANSWER)  # nothing retrieved answers it: the LLM is not asked to improvise
+            async with aclosing(stream) as stream:
                 async for delta in stream:
                     if not first_token:
                         first_token = time.perf_counter()
@@ -258,8 +291,10 @@ class QueryPipeline:
             total_ms=float(now_ms() - job.created_ms),
             batch_size=item.timings.batch_size,
         )
-        await events.emit(Done(answer=answer, citations=cited(answer, item.sources), usage=result.usage,
-                               timings=timings))
+        found = found and not says_not_found(answer)
+        citations, supported = cite(answer, item.context, item.sources) if found else ([], True)
+        await events.emit(Done(answer=answer, citations=citations, usage=result.usage, timings=timings,
+                               found=found, supported=supported))
         await events.settle()
         self._metrics.incr(answers=1, token_events=tokens.flushes)
         await self._consumer.ack(item.delivery)
@@ -277,3 +312,9 @@ class QueryPipeline:
             await self._events.emit(delivery.job.id, Error(code=error.code, message=error.message))
         await self._consumer.dead_letter(delivery, error.code, error.message)
         self._metrics.incr(failed=1)
+
+
+async def _words(text: str) -> AsyncGenerator[str, None]:
+    """A fixed answer streamed word by word, as a generator streams its tokens."""
+    for i, word in enumerate(text.split(" ")):
+        yield word if i == 0 else " " + word

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from app.main import create_app
 from core.keys import Keys
+from core.protocol import EMPTY_COLLECTION, NOT_FOUND_ANSWER
 from core.redis import connect
 from ingest.producer import Producer
 from tests.conftest import make_settings
@@ -135,10 +136,11 @@ async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path:
     settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="openai",
                              llm_base_url=f"http://127.0.0.1:{free_port()}/v1", worker_max_deliveries="1")
     async with running_worker(settings), api_client(settings) as client:
-        events = parse_sse((await client.post("/v1/ask", json={"question": "anyone home?"})).text)
+        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))  # a question with sources reaches the LLM
+        events = parse_sse((await client.post("/v1/ask", json={"question": "What does the Zephyr turbine do?"})).text)
         assert [e.event for e in events] == ["sources", "error"]
         assert events[-1].data["code"] == "llm_unavailable"
-        job_id = events[0].id and (await client.post("/v1/queries", json={"question": "again?"})).json()["id"]
+        job_id = events[0].id and (await client.post("/v1/queries", json={"question": "What does Helios compile?"})).json()["id"]
         for _ in range(200):
             status = (await client.get(f"/v1/queries/{job_id}")).json()
             if status["status"] == "failed":
@@ -153,6 +155,34 @@ async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path:
 
 async def test_permanent_llm_error_is_not_retried(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     async with running_worker(settings), api_client(settings) as client:
-        events = parse_sse((await client.post("/v1/ask", json={"question": "please FAIL_PERMANENT"})).text)
+        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+        events = parse_sse((await client.post("/v1/ask", json={
+            "question": "What does the Zephyr turbine do? FAIL_PERMANENT"})).text)
     assert [e.event for e in events] == ["sources", "error"]
     assert events[-1].data["code"] == "llm_bad_request"
+
+
+async def test_extractive_answers_cite_their_sentences_and_say_what_they_cannot(  # type: ignore[no-untyped-def]
+        redis_url: str, prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="extractive",
+                             ingest_chunk_words="40", ingest_overlap_words="5")
+    async with running_worker(settings):
+        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+        async with api_client(settings) as client:
+            answered = parse_sse((await client.post("/v1/ask", json={
+                "question": "What does the Helios compiler translate Pascal programs into?"})).text)
+            unknown = parse_sse((await client.post("/v1/ask", json={
+                "question": "What was the Bank of England base rate yesterday?"})).text)
+            empty = parse_sse((await client.post("/v1/ask", json={
+                "question": "What does the Helios compiler do?", "collection": "nothing-here"})).text)
+    done = answered[-1].data
+    n = done["citations"][0]["n"]
+    # The sentence that answers, once (the page repeats it), cited; not the whole chunk.
+    assert done["answer"] == f"The Helios compiler translates Pascal programs into WebAssembly modules in a single pass. [{n}]"
+    assert [c["page"] for c in done["citations"]] == [3] and done["found"] and done["supported"]
+    assert "".join(e.data["text"] for e in answered if e.event == "token") == done["answer"]
+    done = unknown[-1].data
+    assert (done["answer"], done["found"], done["citations"]) == (NOT_FOUND_ANSWER, False, [])
+    assert unknown[0].event == "sources"  # what was retrieved is still shown
+    assert [e.event for e in empty] == ["sources", "error"] and empty[0].data["sources"] == []
+    assert empty[1].data["code"] == EMPTY_COLLECTION and "nothing-here" in empty[1].data["message"]

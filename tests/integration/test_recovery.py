@@ -18,6 +18,19 @@ from tests.servers import ThreadedUvicorn
 from tests.workers_inproc import running_worker
 
 
+async def index_facts(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.redis import connect
+    from ingest.producer import Producer
+    from tests.pdfs import write_pdf
+
+    client = connect(settings.redis)
+    try:
+        results = await Producer(client, settings).run([write_pdf(tmp_path / "facts.pdf")], lambda *_: None)
+    finally:
+        await client.aclose()
+    assert [r.status for r in results] == ["sent"]
+
+
 async def orphan(redis: Redis, keys: Keys, question: str, deliveries: int) -> str:
     """A job read by a consumer that then died, already delivered ``deliveries`` times."""
     job = new_job(Query(question=question))
@@ -34,8 +47,8 @@ async def events_of(redis: Redis, keys: Keys, job_id: str, until: bytes, timeout
     for _ in range(int(timeout / 0.05)):
         entries = await redis.xrange(keys.events(job_id))
         kinds = [f[b"type"] for _, f in entries]
-        if until in kinds:
-            return kinds
+        if until in kinds:  # a run of token events as one: how many depends on the coalescer's timing
+            return [k for i, k in enumerate(kinds) if k != b"token" or kinds[i - 1 : i] != [b"token"]]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {until!r} event for {job_id}")
 
@@ -47,6 +60,7 @@ async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str,
     retried = await orphan(redis, keys, "claimed by a live worker", deliveries=1)
     given_up = await orphan(redis, keys, "delivered too often", deliveries=3)
     async with running_worker(settings):
+        await index_facts(settings, tmp_path)  # not an empty collection: the jobs are answered
         assert await events_of(redis, keys, retried, b"done") == [b"restart", b"sources", b"token", b"done"]
         assert await events_of(redis, keys, given_up, b"error") == [b"error"]
         with ThreadedUvicorn(create_app(settings)) as server:

@@ -1,11 +1,10 @@
-import re
-
 import pytest
 
 from app.relay import valid_entry_id
-from core.protocol import Source
-from workers.answers import cited, to_sources
+from core.protocol import NOT_FOUND_ANSWER, Source
+from workers.answers import to_sources
 from workers.generator import Answer, ExtractiveGenerator, build_prompt
+from workers.passages import Context, Scored
 from workers.store import Hit
 
 
@@ -14,18 +13,6 @@ def src(n: int, snippet: str = "text", score: float = 0.5, file: str = "a.pdf", 
         n=n, file=file, page=page, page_end=page, score=score, snippet=snippet, document_id="doc", chunk_id=f"c{n}"
     )
 
-
-SOURCES = [src(1), src(2), src(3)]
-
-
-def test_cited_picks_the_cited_sources():
-    assert [s.n for s in cited("A [1] and B [3].", SOURCES)] == [1, 3]
-    assert [s.n for s in cited("[2][2]", SOURCES)] == [2]
-
-
-@pytest.mark.parametrize("answer", ["no citation", "[9] is out of range", ""])
-def test_cited_falls_back_to_all_sources(answer):
-    assert cited(answer, SOURCES) == SOURCES
 
 
 def test_to_sources_numbers_from_one_and_maps_payload():
@@ -47,46 +34,49 @@ def test_to_sources_numbers_from_one_and_maps_payload():
     assert to_sources([]) == []
 
 
-async def collect(question: str, sources: list[Source]) -> tuple[str, Answer]:
+def context(*picked: tuple[Source, str, float], found: bool = True) -> Context:
+    return Context([Scored(source, i, text, score) for i, (source, text, score) in enumerate(picked)], found=found)
+
+
+async def collect(question: str, ctx: Context) -> tuple[str, Answer]:
     answer = Answer()
-    parts = [p async for p in ExtractiveGenerator().stream(question, sources, answer)]
+    parts = [p async for p in ExtractiveGenerator().stream(question, ctx, answer)]
     return "".join(parts), answer
 
 
-async def test_extractive_answer_cites_the_matching_sentence():
-    sources = [
-        src(1, "Bananas are yellow. The sky is blue."),
-        src(2, "Paris is the capital of France. It has many museums."),
-    ]
-    text, answer = await collect("What is the capital of France?", sources)
-    assert "Paris is the capital of France. [2]" in text
-    assert re.search(r"\[\d+\]", text)
-    assert "Bananas" not in text
+async def test_extractive_answer_is_the_best_sentences_each_cited():
+    a, b = src(1, "Bananas are yellow."), src(2, "Paris is the capital of France.")
+    text, answer = await collect("What is the capital of France?", context(
+        (b, "Paris is the capital of France.", 0.9), (a, "Paris has many museums.", 0.8),
+        (a, "Bananas are yellow.", 0.2)))
+    assert text == "Paris is the capital of France. [2] Paris has many museums. [1]"
     assert answer.usage.completion_tokens == len(text.split(" "))
 
 
-async def test_extractive_answer_without_overlap_uses_best_source():
-    text, _ = await collect("zzz qqq", [src(4, "Nothing relevant here."), src(5, "Other.")])
-    assert text == "Nothing relevant here. [4]"
+async def test_extractive_answer_takes_at_most_three_sentences():
+    s = src(1)
+    text, _ = await collect("q", context(*((s, f"Fact {i}.", 0.9) for i in range(5))))
+    assert text == "Fact 0. [1] Fact 1. [1] Fact 2. [1]"
 
 
-async def test_extractive_answer_without_sources_says_so():
-    text, answer = await collect("anything?", [])
-    assert text == "No indexed passage matches this question."
-    assert answer.usage.completion_tokens == 0
+async def test_extractive_answer_when_nothing_answers_says_not_found():
+    text, _ = await collect("anything?", context((src(1), "Unrelated.", 0.1), found=False))
+    assert text == NOT_FOUND_ANSWER
+    text, answer = await collect("anything?", Context([], found=False))
+    assert text == NOT_FOUND_ANSWER
 
 
-def test_build_prompt_numbers_sources_and_truncates():
-    prompt = build_prompt("Why?", [src(1, "x" * 50, file="a.pdf", page=2), src(2, "short", file="b.pdf", page=9)], 10)
-    assert "[1] a.pdf, page 2:\n" + "x" * 10 + "\n\n" in prompt
-    assert "x" * 11 not in prompt
-    assert "[2] b.pdf, page 9:\nshort" in prompt
+def test_build_prompt_labels_each_source_with_its_sentences_in_document_order():
+    a, b = src(1, file="a.pdf", page=2), src(2, file="b.pdf", page=9)
+    ctx = Context([Scored(b, 0, "Short.", 0.9), Scored(a, 3, "Later.", 0.8), Scored(a, 0, "First.", 0.7),
+                   Scored(a, 4, "Next.", 0.6)], found=True)
+    prompt = build_prompt("Why?", ctx)
+    assert "[1] a.pdf, page 2: First. … Later. Next.\n\n[2] b.pdf, page 9: Short.\n\n" in prompt
     assert prompt.endswith("Question: Why?")
-    assert prompt.index("[1]") < prompt.index("[2]") < prompt.index("Question:")
 
 
 def test_build_prompt_without_sources():
-    assert build_prompt("Why?", [], 100) == "Sources:\n\n(no sources found)\n\nQuestion: Why?"
+    assert build_prompt("Why?", Context([], found=False)) == "Sources:\n\n(no sources found)\n\nQuestion: Why?"
 
 
 @pytest.mark.parametrize(
