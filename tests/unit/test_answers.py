@@ -62,7 +62,7 @@ async def test_extractive_answer_takes_at_most_three_sentences():
 async def test_extractive_answer_when_nothing_answers_says_not_found():
     text, _ = await collect("anything?", context((src(1), "Unrelated.", 0.1), found=False))
     assert text == NOT_FOUND_ANSWER
-    text, answer = await collect("anything?", Context([], found=False))
+    text, _ = await collect("anything?", Context([], found=False))
     assert text == NOT_FOUND_ANSWER
 
 
