@@ -29,10 +29,10 @@ from openai import AsyncOpenAI
 from bench.harness import Context, Row, pct, ratio, service_env, settings_of, start_api, start_worker
 from core.protocol import Source
 from core.redis import connect
+from core.settings import EmbedderSettings, LLMSettings
 from ingest.producer import Producer
 from tests.pdfs import FACTS, write_pdf
 from tests.servers import Proc, free_port, wait_for_port
-from core.settings import EmbedderSettings, LLMSettings
 from workers.embedder import OnnxEmbedder
 from workers.generator import STOP, SYSTEM_PROMPT, build_prompt
 from workers.passages import PassageSelector
