@@ -86,6 +86,8 @@ class OpenAIGenerator:
             raise Unavailable(f"the LLM at {s.base_url} is unavailable: {exc}", code="llm_unavailable") from None
         deltas = 0
         held = ""  # near max_tokens: text after the last sentence end, until another one comes
+        holdback = min(HOLDBACK_TOKENS, s.max_tokens // 4)
+        sent = False
         finish = None
         try:
             async for chunk in response:
@@ -99,16 +101,18 @@ class OpenAIGenerator:
                     if not choice.delta.content:
                         continue
                     deltas += 1
-                    if deltas < s.max_tokens - HOLDBACK_TOKENS and not held:
+                    if deltas < s.max_tokens - holdback and not held:
+                        sent = True
                         yield choice.delta.content
                         continue
                     held += choice.delta.content
                     cut = last_sentence_end(held)
                     if cut:
+                        sent = True
                         yield held[:cut]
                         held = held[cut:]
-            if held and finish != "length":
-                yield held  # the model ended the answer itself: all of it stands
+            if held and (finish != "length" or not sent):
+                yield held  # the model ended the answer itself (or it is all there is): it stands
             if not answer.usage.completion_tokens:
                 # Servers without stream usage (llama_cpp.server): one streamed delta is one token.
                 answer.usage = Usage(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=deltas)
