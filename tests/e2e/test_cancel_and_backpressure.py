@@ -71,6 +71,7 @@ def test_client_hanging_up_on_ask_cancels_the_job(service_factory, slow_llm_app,
 
 def test_cancel_before_start_and_backpressure(service_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     service = service_factory(limits_max_backlog="3")
+    assert service.ingest(write_pdf(tmp_path / "facts.pdf")).returncode == 0  # the questions are answered
     service.worker.stop()  # nobody consumes: jobs wait
     with httpx.Client(base_url=service.api_url, timeout=30) as client:
         ids = [client.post("/v1/queries", json={"question": f"q{i}"}).json()["id"] for i in range(3)]
