@@ -150,6 +150,10 @@ class Registry:
             replies = await pipe.execute()
         return {name: sorted(v.decode() for v in files) for name, files in zip(names, replies) if files}
 
+    async def collections_with_documents(self) -> set[str]:
+        """The collections that hold at least one document (one still indexing counts), in one round trip."""
+        return {m.decode().split("/", 1)[0] for m in await self._redis.smembers(self._keys.documents)}
+
     async def documents(self, collection: str | None = None) -> list[DocumentRecord]:
         members = sorted(m.decode() for m in await self._redis.smembers(self._keys.documents))
         pairs = [tuple(m.split("/", 1)) for m in members]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from core.protocol import (
     now_ms,
 )
 from workers.citations import cite, says_not_found
-from workers.generator import Answer
+from workers.generator import Answer, stream_words
 from workers.passages import Context, PassageSelector
 from workers.ranking import HeadingMatch
 from workers.sparse import Bm25Encoder
@@ -158,8 +157,9 @@ class QueryPipeline:
                  search_ms=round((searched - embedded_at) * 1000, 2))
         # Every job's sources (after a `restart` for a job claimed again) in one round trip.
         sources = [to_sources(hits[: q.top_k]) for q, hits in zip(queries, results)]
-        empty = await self._empty_collections({q.collection or DEFAULT_COLLECTION for q, found
-                                                in zip(queries, sources) if not found})
+        # A search that found nothing in a collection with no documents at all: say that, not "not found".
+        unfound = {q.collection or DEFAULT_COLLECTION for q, found in zip(queries, sources) if not found}
+        empty = unfound - await self._registry.collections_with_documents() if unfound else set()
         events: list[tuple[str, Event]] = []
         for (delivery, query), found in zip(valid, sources):
             assert delivery.job is not None
@@ -194,11 +194,6 @@ class QueryPipeline:
             prepared.append(Prepared(delivery, query, found, timings,
                                      reservation=reservations.pop(delivery.entry_id), context=contexts[i]))
         return prepared
-
-    async def _empty_collections(self, collections: set[str]) -> set[str]:
-        """Of the collections a search found nothing in, those with no document at all (indexing counts)."""
-        return {c for c in collections if not await self._registry.documents(c)}
-
     def _rank_headings(self, search: Search, hits: list[Hit]) -> list[Hit]:
         return self._heading_match.rerank(search.heading, hits, self._fusion) if search.heading else hits
 
@@ -268,8 +263,9 @@ class QueryPipeline:
         try:
             # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
             found = item.context.found
-            stream = self._generator.stream(item.query.question, item.context, result) if found else _words(
-                NOT_FOUND_ANSWER)  # nothing retrieved answers it: the LLM is not asked to improvise
+            # Nothing retrieved answers it: the LLM is not asked to improvise.
+            stream = (self._generator.stream(item.query.question, item.context, result) if found
+                      else stream_words(NOT_FOUND_ANSWER))
             async with aclosing(stream) as stream:
                 async for delta in stream:
                     if not first_token:
@@ -312,9 +308,3 @@ class QueryPipeline:
             await self._events.emit(delivery.job.id, Error(code=error.code, message=error.message))
         await self._consumer.dead_letter(delivery, error.code, error.message)
         self._metrics.incr(failed=1)
-
-
-async def _words(text: str) -> AsyncGenerator[str, None]:
-    """A fixed answer streamed word by word, as a generator streams its tokens."""
-    for i, word in enumerate(text.split(" ")):
-        yield word if i == 0 else " " + word

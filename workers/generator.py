@@ -49,6 +49,12 @@ def build_prompt(question: str, context: Context) -> str:
     return f"Sources:\n\n{body}\n\nQuestion: {question}"
 
 
+async def stream_words(text: str) -> AsyncGenerator[str, None]:
+    """A ready answer streamed word by word, as a model streams its tokens."""
+    for i, word in enumerate(text.split(" ")):
+        yield word if i == 0 else " " + word
+
+
 def last_sentence_end(text: str) -> int:
     """The end of the last whole sentence (or citation that closes one) in ``text``; 0 for none."""
     ends = [m.end() for m in _SENTENCE_END.finditer(text)]
@@ -137,10 +143,9 @@ class ExtractiveGenerator:
         best = context.sentences[0].score if context.sentences else 0.0
         chosen = [s for s in context.sentences[: self._sentences] if s.score >= self._keep * best]
         text = " ".join(f"{s.text} [{s.source.n}]" for s in chosen) if context.found and chosen else NOT_FOUND_ANSWER
-        pieces = text.split(" ")
-        for i, piece in enumerate(pieces):
-            yield piece if i == 0 else " " + piece
-        answer.usage = Usage(completion_tokens=len(pieces))
+        async for word in stream_words(text):
+            yield word
+        answer.usage = Usage(completion_tokens=len(text.split(" ")))
 
     async def aclose(self) -> None:
         return None

@@ -147,11 +147,10 @@ class PassageSelector:
             cost = tokens(text) + 2 - (tokens(picked[part].text) + 2 if part is not None else 0)
             if used + cost > self._budget:
                 continue
-            scored = Scored(source, position, text, round(float(scores[k]), 4))
-            if part is not None:
+            if part is not None:  # the whole sentence in place of its fragment, at the fragment's rank
                 picked[part] = Scored(source, position, text, picked[part].score)
             else:
-                picked.append(scored)
+                picked.append(Scored(source, position, text, round(float(scores[k]), 4)))
             used += cost
         return Context(picked, found=best >= self._min_score, best=round(best, 4))
 
