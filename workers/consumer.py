@@ -100,6 +100,18 @@ class Consumer:
             counts[entry_id] = int(info[0]["times_delivered"]) if info else 1
         return [self._delivery(stream, e, f, counts[e]) for e, f in entries]
 
+    async def pending_own(self, stream: str, *, count: int, after: bytes | None = None) -> list[Delivery]:
+        """Messages pending under this consumer's own name, after entry ``after``: left by the process that
+        held the name before (killed, or stopped with answers unfinished). Taken up again: their delivery
+        counts go up by one, as a claim's do."""
+        pending = await self._redis.xpending_range(stream, GROUP, min=b"(" + after if after else "-", max="+",
+                                                   count=count, consumername=self.name)
+        if not pending:
+            return []
+        counts = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
+        entries = await self._redis.xclaim(stream, GROUP, self.name, 0, list(counts))
+        return [self._delivery(stream, e, f, counts[e]) for e, f in entries if f]
+
     async def touch(self, stream: str, entry_ids: list[bytes]) -> None:
         """Reset the idle time of messages we are still working on, so nobody claims a live job."""
         if entry_ids:

@@ -1,9 +1,12 @@
 """Worker identity and liveness: stable consumer names (host + index) held by leases, heartbeats.
 
 A consumer name is ``<host>-<index>``: the lowest index whose lease is free. Names
-therefore survive restarts (a restarted worker takes its old name back once the old
-lease expired) while two live processes on one host never share one. The heartbeat
-renews the leases and records each consumer in ``<p>:workers`` for /readyz.
+therefore survive restarts while two live processes on one host never share one. A lease
+names its holder (kernel boot, pid, process start time): a worker restarted on the same host
+takes a name back at once when its holder is provably gone (that process no longer exists),
+not only once the lease expired; the jobs still pending under that name are then orphans, and
+the worker resumes them (see ConsumerLoop). The heartbeat renews the leases and records each
+consumer in ``<p>:workers`` for /readyz.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,6 +38,36 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Take a lease over from a holder that is gone, unless it changed meanwhile. KEYS: lease. ARGV: seen, ours, ms.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return false
+"""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def holder_gone(value: str) -> bool:
+    """A lease's holder is provably gone: a process of this kernel's boot that no longer exists (or whose pid
+    another process has since taken). Anything else (another host, an old-style lease) is not provable."""
+    parts = value.split(":")
+    if len(parts) != 4 or not parts[1] or parts[1] != _boot_id() or not parts[2].isdigit():
+        return False
+    return _start_time(int(parts[2])) != parts[3]
 
 
 class Registry:
@@ -41,8 +75,11 @@ class Registry:
         self.redis = self._redis = redis
         self._keys = keys
         self.host = host or socket.gethostname()
-        self._token = uuid.uuid4().hex
+        # The lease's value: a token, and who holds it (for holder_gone on this host).
+        self._token = f"{uuid.uuid4().hex}:{_boot_id()}:{os.getpid()}:{_start_time(os.getpid()) or ''}"
         self._names: list[str] = []
+        #: Names taken over from a holder that was gone (their pending jobs are orphans).
+        self.taken_over: list[str] = []
         self._started = now_ms()
 
     def _lease(self, name: str) -> str:
@@ -53,8 +90,14 @@ class Registry:
         index = 0
         while len(self._names) < count:
             name = f"{self.host}-{index}"
-            if await self._redis.set(self._lease(name), self._token, nx=True, px=LEASE_MS):
+            lease = self._lease(name)
+            if await self._redis.set(lease, self._token, nx=True, px=LEASE_MS):
                 self._names.append(name)
+            elif (held := await self._redis.get(lease)) is not None and holder_gone(held.decode()) and \
+                    await self._redis.eval(_TAKE_OVER, 1, lease, held, self._token, LEASE_MS):
+                log.info("name_taken_over", name=name, holder=held.decode().split(":", 2)[-1])
+                self._names.append(name)
+                self.taken_over.append(name)
             index += 1
         await self.beat()
         return list(self._names)

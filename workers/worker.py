@@ -229,6 +229,7 @@ class ConsumerLoop:
 
     async def run(self) -> None:
         try:
+            await self._resume_own()
             await self._loop()
         finally:
             await self._drain()
@@ -301,19 +302,35 @@ class ConsumerLoop:
             if not claimed:
                 continue
             self.log.warning("claimed_stale", stream=stream, count=len(claimed))
-            live: list[Delivery] = []
-            for delivery in claimed:
-                if delivery.deliveries > self.settings.max_deliveries:
-                    await self.queries.fail(
-                        delivery,
-                        RagError(f"gave up after {delivery.deliveries - 1} deliveries", code="max_deliveries"),
-                    )
-                else:
-                    live.append(delivery)
-            if stream == keys.queries and live:
-                await self._start_answers(live)
-            for delivery in live if stream == keys.ingest else []:
-                await self.indexer.index(delivery)
+            await self._take_up(stream, claimed)
+
+    async def _resume_own(self) -> None:
+        """At start: the jobs still pending under this consumer's name are orphans (the name's lease was
+        free, or its holder gone), so they are resumed at once rather than claimed after claim_idle_ms."""
+        for stream in (self.worker.keys.queries, self.worker.keys.ingest):
+            after = None
+            while own := await self.consumer.pending_own(stream, count=self.settings.batch_size, after=after):
+                after = own[-1].entry_id
+                self.log.warning("resumed_own", stream=stream, count=len(own))
+                await self._take_up(stream, own)
+
+    async def _take_up(self, stream: str, claimed: list[Delivery]) -> None:
+        """Jobs taken over from a consumer that is gone: answered (or indexed) again, or dead-lettered once
+        they were delivered too often."""
+        keys = self.worker.keys
+        live: list[Delivery] = []
+        for delivery in claimed:
+            if delivery.deliveries > self.settings.max_deliveries:
+                await self.queries.fail(
+                    delivery,
+                    RagError(f"gave up after {delivery.deliveries - 1} deliveries", code="max_deliveries"),
+                )
+            else:
+                live.append(delivery)
+        if stream == keys.queries and live:
+            await self._start_answers(live)
+        for delivery in live if stream == keys.ingest else []:
+            await self.indexer.index(delivery)
 
     def working_on(self) -> set[bytes]:
         """Entry ids of the messages this consumer is handling now."""
