@@ -28,9 +28,13 @@ def lease_of(pid: int, start: str | None) -> str:
     return f"oldtoken:{_boot_id()}:{pid}:{start or ''}"
 
 
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
 def dead_pid() -> tuple[int, str | None]:
     """A process that existed on this host and is gone now, with the start time it had."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = sleeper()
     start = _start_time(proc.pid)
     proc.kill()
     proc.wait()
@@ -91,7 +95,7 @@ async def test_a_live_holders_name_and_jobs_are_left_alone(redis_url: str, prefi
     keys = Keys(prefix)
     redis = Redis.from_url(redis_url)
     name = f"{HOST}-0"
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = sleeper()
     try:
         await redis.set(f"{keys.workers}:lease:{name}", lease_of(alive.pid, _start_time(alive.pid)), px=15_000)
         job_id = await pending_under(redis, keys, name, "What does the Zephyr turbine do?")
