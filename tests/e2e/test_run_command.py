@@ -220,6 +220,36 @@ def test_kill_9_the_worker_while_20_questions_stream_every_one_completes_once(tm
             print(f"\nkill -9 -> restart event: p50 {restarts[len(restarts) // 2]:.0f} ms, max {restarts[-1]:.0f} ms "
                   f"over {len(restarts)} interrupted answers; the worker's own start-up: {startup_ms:.0f} ms")
             assert len(restarts) >= 10  # the ones that were streaming were resumed, each once
+
+            # The API killed mid-stream: the client reconnects with Last-Event-ID and loses nothing.
+            job_id = httpx.post(f"{run.url}/v1/queries", json={"question": "What does the Zephyr turbine generate?"},
+                                timeout=10).json()["id"]
+            got: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+
+            def read(last: str | None, stop_after: int | None) -> None:
+                headers = {"Last-Event-ID": last} if last else {}
+                with httpx.stream("GET", f"{run.url}/v1/queries/{job_id}/events", headers=headers,
+                                  timeout=30) as response:
+                    event_id = kind = ""
+                    for line in response.iter_lines():
+                        if line.startswith("id: "):
+                            event_id = line[4:]
+                        elif line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: "):
+                            got.append((event_id, kind, json.loads(line[6:])))
+                            if kind == "done" or (stop_after and sum(k == "token" for _, k, _ in got) >= stop_after):
+                                return
+
+            read(None, stop_after=3)
+            api = run.pid("api")
+            os.kill(api, signal.SIGKILL)
+            run.until("a new API", lambda: run.pid("api") not in (0, api))
+            run.until("the service again", run.ready)
+            read(got[-1][0], stop_after=None)
+            event_ids = [i for i, _, _ in got]
+            assert len(event_ids) == len(set(event_ids)) and got[-1][1] == "done"
+            assert "".join(d["text"] for _, k, d in got if k == "token") == got[-1][2]["answer"]
         finally:
             if run.proc.poll() is None:
                 run.stop(signal.SIGTERM)
