@@ -163,7 +163,7 @@ class QueryPipeline:
         events: list[tuple[str, Event]] = []
         for (delivery, query), found in zip(valid, sources):
             assert delivery.job is not None
-            if delivery.deliveries > 1:
+            if delivery.deliveries > 1 and not delivery.announced:
                 events.append((delivery.job.id, Restart(delivery=delivery.deliveries)))
             collection = query.collection or DEFAULT_COLLECTION
             events.append((delivery.job.id, Sources(sources=found, indexing=indexing.get(collection, []))))

@@ -33,6 +33,8 @@ class Delivery(Struct):
     malformed: str | None = None
     #: 1 on first delivery; more when claimed from a consumer that went away.
     deliveries: int = 1
+    #: Its job's client was already told to discard the partial answer (the `restart` event is written).
+    announced: bool = False
 
 
 class Consumer:

@@ -18,6 +18,7 @@ from core.errors import RagError
 from core.events import EventWriter, JobCancelled
 from core.heartbeats import alive_workers
 from core.keys import Keys
+from core.protocol import Restart
 from core.redis import connect
 from core.settings import Settings
 from workers.answers import Prepared, QueryPipeline
@@ -308,11 +309,16 @@ class ConsumerLoop:
         """At start: the jobs still pending under this consumer's name are orphans (the name's lease was
         free, or its holder gone), so they are resumed at once rather than claimed after claim_idle_ms."""
         for stream in (self.worker.keys.queries, self.worker.keys.ingest):
-            after = None
-            while own := await self.consumer.pending_own(stream, count=self.settings.batch_size, after=after):
-                after = own[-1].entry_id
-                self.log.warning("resumed_own", stream=stream, count=len(own))
-                await self._take_up(stream, own)
+            own: list[Delivery] = []
+            while page := await self.consumer.pending_own(stream, count=self.settings.batch_size,
+                                                          after=own[-1].entry_id if own else None):
+                own += page
+            if not own:
+                continue
+            self.log.warning("resumed_own", stream=stream, count=len(own))
+            await self._announce(own)  # every client hears of the restart at once, before the batches run
+            for start in range(0, len(own), self.settings.batch_size):
+                await self._take_up(stream, own[start : start + self.settings.batch_size])
 
     async def _take_up(self, stream: str, claimed: list[Delivery]) -> None:
         """Jobs taken over from a consumer that is gone: answered (or indexed) again, or dead-lettered once
@@ -328,9 +334,18 @@ class ConsumerLoop:
             else:
                 live.append(delivery)
         if stream == keys.queries and live:
+            await self._announce(live)
             await self._start_answers(live)
         for delivery in live if stream == keys.ingest else []:
             await self.indexer.index(delivery)
+
+    async def _announce(self, deliveries: list[Delivery]) -> None:
+        """The `restart` event of every taken-over query not yet told, in one round trip."""
+        fresh = [d for d in deliveries if d.job is not None and d.stream == self.worker.keys.queries
+                 and d.deliveries > 1 and not d.announced]
+        await self.events.emit_each([(d.job.id, Restart(delivery=d.deliveries)) for d in fresh if d.job])
+        for delivery in fresh:
+            delivery.announced = True
 
     def working_on(self) -> set[bytes]:
         """Entry ids of the messages this consumer is handling now."""
