@@ -9,6 +9,7 @@ still never embeds and never opens the vector store: workers index, and delete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import shutil
@@ -24,14 +25,20 @@ from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from msgspec import Struct
 from multipart import MultipartSegment, ParserError, PushMultipartParser
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.errors import NotFound, documented
 from app.jobs import Jobs, links
 from app.schemas import ErrorInfo, Links
 from core.documents import DocumentRecord
 from core.errors import BadRequest
+from core.events import EventWriter
+from core.holders import holder_gone, identity
+from core.keys import Keys
 from core.payload import DEFAULT_COLLECTION
-from core.protocol import new_id
+from core.protocol import UPLOAD_INTERRUPTED, Error, new_id
+from core.settings import Settings
 from ingest.chunker import TokenCounter
 from ingest.producer import IngestFile, Producer
 
@@ -189,11 +196,12 @@ class DocumentController(Controller):
             producer = Producer(jobs.redis, settings, collection=collection, force=force, counter=counter)
             job_id = new_id()
             await producer.open_job(job_id, 1)
+            await jobs.redis.hset(jobs.keys.uploads, job_id, f"{collection}|{identity()}")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         item = IngestFile(path=upload.path, name=upload.name, source=f"upload:{upload.name}")
-        task = asyncio.create_task(_ingest(producer, item, job_id, folder))
+        task = asyncio.create_task(_ingest(producer, item, job_id, folder, jobs.redis, jobs.keys))
         tasks: set[asyncio.Task[None]] = getattr(state, "ingest_tasks", None) or set()
         state.ingest_tasks = tasks
         tasks.add(task)
@@ -253,11 +261,36 @@ class DocumentController(Controller):
         )
 
 
-async def _ingest(producer: Producer, item: IngestFile, job_id: str, folder: Path) -> None:
+async def _ingest(producer: Producer, item: IngestFile, job_id: str, folder: Path, redis: Redis, keys: Keys) -> None:
     try:
         await producer.run([item], lambda *_: None, job_id=job_id, fail_job=True)
     except Exception as exc:  # a background task: log, never lose silently
         log.exception("upload_ingest_failed", job_id=job_id, error=repr(exc))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(RedisError, OSError):
+            await redis.hdel(keys.uploads, job_id)
+
+
+async def fail_interrupted_uploads(redis: Redis, settings: Settings) -> list[str]:
+    """Uploads whose API process is gone (killed mid-way): their jobs end with a clear error, their documents are
+    marked failed; sent again, the same PDF is indexed under the same id (its chunks' ids too): no duplicates."""
+    keys = Keys(settings.redis.prefix)
+    failed = []
+    for raw_job, raw in (await redis.hgetall(keys.uploads)).items():
+        job_id, (collection, holder) = raw_job.decode(), raw.decode().split("|", 1)
+        if not holder_gone(holder):
+            continue
+        producer = Producer(redis, settings, collection=collection)
+        for record in await producer.registry.documents(collection):
+            if record.job_id == job_id and record.status == "indexing":
+                await producer.registry.fail(collection, record.id, UPLOAD_INTERRUPTED, "the API restarted mid-upload")
+        await EventWriter(redis, keys, settings.limits).emit(job_id, Error(code=UPLOAD_INTERRUPTED, message=(
+            "the API process reading this upload stopped before it was indexed: upload the file again "
+            "(nothing is duplicated)")), unless_cancelled=False)
+        await redis.hdel(keys.uploads, job_id)
+        failed.append(job_id)
+    if failed:
+        log.warning("uploads_interrupted", jobs=failed)
+    return failed
 

@@ -7,11 +7,13 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from redis.exceptions import RedisError
 
 from app.dead import DeadLetterController
-from app.documents import DocumentController
+from app.documents import DocumentController, fail_interrupted_uploads
 from app.errors import EXCEPTION_HANDLERS
 from app.hub import EventHub
 from app.jobs import Jobs
@@ -19,6 +21,8 @@ from app.routes import QueryController, healthz, readyz
 from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, load_settings
+
+log = structlog.get_logger("app")
 
 #: Connections for short commands (submit, status, a stream's first look); callers past it wait.
 #: With the hub's one connection, that bounds what an API process holds, whatever the open streams.
@@ -40,6 +44,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub = hub
         app.state.loop = asyncio.get_running_loop()
         await hub.start()
+        try:  # uploads a killed API left half-way end with a clear error
+            await fail_interrupted_uploads(redis, settings)
+        except (RedisError, OSError) as exc:  # Redis down at start: /readyz says so; the next start tries again
+            log.warning("interrupted_uploads_unchecked", error=str(exc))
         gc.freeze()  # what startup loaded lives as long as the process: kept out of full GC passes
         try:
             yield

@@ -15,7 +15,8 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Keys:
-    __slots__ = ("cancels", "dead", "documents", "ingest", "metrics", "prefix", "queries", "sources", "workers")
+    __slots__ = ("cancels", "dead", "documents", "ingest", "metrics", "prefix", "queries", "sources", "uploads",
+                 "workers")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -31,6 +32,9 @@ class Keys:
         self.sources = f"{tag}:sources"
         #: Pub/sub channel: job ids whose generation must stop now.
         self.cancels = f"{tag}:cancels"
+        #: Hash ingest job id -> ``<collection>|<holder>`` of uploads an API process is reading and sending
+        #: (core.holders): a restarted API fails those whose process is gone.
+        self.uploads = f"{tag}:uploads"
 
     def events(self, job_id: str) -> str:
         """The job's event stream."""

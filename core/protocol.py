@@ -211,6 +211,8 @@ class Restart(Struct, frozen=True, tag="restart", tag_field="type", kw_only=True
 NOT_FOUND_ANSWER: Final = "I found nothing on this in the documents."
 #: The error code of a question to a collection that has no documents.
 EMPTY_COLLECTION: Final = "empty_collection"
+#: The error code of an upload whose API process stopped before it was indexed (sent again, nothing is duplicated).
+UPLOAD_INTERRUPTED: Final = "upload_interrupted"
 
 
 class Done(Struct, frozen=True, tag="done", tag_field="type", kw_only=True):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,6 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.heartbeats import LEASE_MS, Heartbeat
+from core.holders import holder_gone, identity
 from core.protocol import now_ms
 
 if TYPE_CHECKING:
@@ -45,38 +45,13 @@ return false
 """
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot, /proc/<pid>/stat), None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def holder_gone(value: str) -> bool:
-    """A lease's holder is provably gone: a process of this kernel's boot that no longer exists (or whose pid
-    another process has since taken). Anything else (another host, an old-style lease) is not provable."""
-    parts = value.split(":")
-    if len(parts) != 4 or not parts[1] or parts[1] != _boot_id() or not parts[2].isdigit():
-        return False
-    return _start_time(int(parts[2])) != parts[3]
-
-
 class Registry:
     def __init__(self, redis: Redis, keys: Keys, host: str | None = None) -> None:
         self.redis = self._redis = redis
         self._keys = keys
         self.host = host or socket.gethostname()
         # The lease's value: a token, and who holds it (for holder_gone on this host).
-        self._token = f"{uuid.uuid4().hex}:{_boot_id()}:{os.getpid()}:{_start_time(os.getpid()) or ''}"
+        self._token = f"{uuid.uuid4().hex}:{identity()}"
         self._names: list[str] = []
         #: Names taken over from a holder that was gone (their pending jobs are orphans).
         self.taken_over: list[str] = []

@@ -100,3 +100,45 @@ async def test_upload_errors(settings, tmp_path: Path) -> None:  # type: ignore[
         assert (await client.get("/v1/documents")).json()["documents"] == []
         schema = (await client.get("/schema/openapi.json")).json()
         assert {"/v1/documents", "/v1/documents/{document_id}"} <= set(schema["paths"])
+
+
+async def test_an_upload_left_half_way_by_a_killed_api_fails_clearly_and_is_retried_without_duplicates(  # type: ignore[no-untyped-def]
+        settings, tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    from redis.asyncio import Redis
+
+    from core.documents import DocumentRecord, Registry
+    from core.holders import identity
+    from core.keys import Keys
+    from core.protocol import UPLOAD_INTERRUPTED
+    from ingest.pdf import document_id
+    from ingest.producer import Producer
+
+    pdf = write_pdf(tmp_path / "facts.pdf", {p: t * 2 for p, t in FACTS.items()})
+    keys = Keys(settings.redis.prefix)
+    redis = Redis.from_url(settings.redis.url)
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)")
+    holder = identity(gone.pid)  # the API process that was reading the upload, killed
+    gone.kill()
+    await gone.wait()
+    live_holder = identity()  # this process: alive
+    producer = Producer(redis, settings)
+    await producer.open_job("deadjob", 1)
+    await producer.open_job("livejob", 1)
+    doc = await asyncio.to_thread(document_id, pdf)
+    await Registry(redis, keys).start(DocumentRecord(id=doc, collection="default", file="facts.pdf",
+                                                     source="upload:facts.pdf", job_id="deadjob"))
+    await redis.hset(keys.uploads, mapping={"deadjob": f"default|{holder}", "livejob": f"default|{live_holder}"})
+    async with service(settings) as client:  # the API (re)starts
+        events = parse_sse((await client.get("/v1/queries/deadjob/events")).text)
+        assert [e.event for e in events] == ["error"] and events[0].data["code"] == UPLOAD_INTERRUPTED
+        assert (await client.get(f"/v1/documents/{doc}")).json()["documents"][0]["status"] == "failed"
+        assert await redis.hkeys(keys.uploads) == [b"livejob"]  # a live process's upload is left alone
+        # Sent again: indexed, one document, its chunks once.
+        _, events = await upload(client, pdf)
+        assert events[-1].event == "done"
+        docs = (await client.get("/v1/documents")).json()["documents"]
+        assert [(d["id"], d["status"]) for d in docs] == [(doc, "ready")]
+    await redis.aclose()

@@ -15,11 +15,12 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from core.holders import _boot_id, holder_gone
+from core.holders import start_time as _start_time
 from core.keys import GROUP, Keys
 from core.protocol import Query, encode_job, new_job
 from tests.conftest import make_settings
 from tests.workers_inproc import running_worker
-from workers.registry import _boot_id, _start_time, holder_gone
 
 HOST = socket.gethostname()
 
