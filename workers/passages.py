@@ -113,15 +113,15 @@ class PassageSelector:
                         pool.append((source, position, _clip(text, self._max_sentence)))
             pools.append(pool)
         missing = [i for i, v in enumerate(vectors) if v is None and pools[i]]
-        texts = [questions[i] for i in missing] + [t for pool in pools for _, _, t in pool]
-        rows = await self._embedder.embed(texts, urgent=True) if texts else np.empty((0, 0), dtype=np.float32)
-        qvec = {i: rows[k] for k, i in enumerate(missing)}
-        offset = len(missing)
+        # Each distinct text embedded once: overlapping chunks and questions on one page repeat sentences.
+        row_of: dict[str, int] = {}
+        for text in [questions[i] for i in missing] + [t for pool in pools for _, _, t in pool]:
+            row_of.setdefault(text, len(row_of))
+        rows = await self._embedder.embed(list(row_of), urgent=True) if row_of else np.empty((0, 0), np.float32)
         out = []
         for i, pool in enumerate(pools):
-            dense = rows[offset: offset + len(pool)]
-            offset += len(pool)
-            q = vectors[i] if vectors[i] is not None else qvec.get(i)
+            dense = rows[[row_of[t] for _, _, t in pool]] if pool else rows[:0]
+            q = vectors[i] if vectors[i] is not None else (rows[row_of[questions[i]]] if pool else None)
             out.append(self._choose(questions[i], q, pool, dense))
         return out
 

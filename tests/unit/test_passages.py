@@ -87,6 +87,23 @@ async def test_one_embed_call_for_the_whole_batch(selector):
     counted = PassageSelector(Counting(), Bm25Encoder(), budget_tokens=300, min_score=0.3)  # type: ignore[arg-type]
     out = await counted.select(["Where is marmalade made?", "What does the turbine do?"], [None, None],
                                [[JAM], [TURBINE]])
-    assert len(calls) == 1 and calls[0] == 2 + 6
+    assert len(calls) == 1 and calls[0] == 2 + 6  # the two questions, the six sentences
     assert out[0].sentences[0].text.startswith("Marmalade is made in Dundee")
     assert out[1].sentences[0].text.startswith("The Zephyr turbine")
+
+
+async def test_a_sentence_two_questions_share_is_embedded_once(selector):
+    calls = []
+    real = selector._embedder
+
+    class Counting:
+        async def embed(self, texts, *, urgent=False):
+            calls.append(list(texts))
+            return await real.embed(texts, urgent=urgent)
+
+    counted = PassageSelector(Counting(), Bm25Encoder(), budget_tokens=300, min_score=0.3)  # type: ignore[arg-type]
+    out = await counted.select(["Where is marmalade made?", "Who works in the factory?"], [None, None],
+                               [[JAM], [JAM]])
+    assert len(calls[0]) == len(set(calls[0])) == 2 + 3
+    assert out[0].sentences[0].text.startswith("Marmalade is made in Dundee")
+    assert out[1].sentences[0].text == "The factory employs 40 people."
