@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,11 @@ from tests.servers import ROOT, free_port
 pytestmark = pytest.mark.e2e
 
 
+#: Resets SIGHUP and SIGINT, then becomes the given command (same pid).
+_AS_FROM_A_TERMINAL = ("import os, signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, "
+                       "signal.SIGINT)]; os.execv(sys.argv[1], sys.argv[1:])")
+
+
 class Run:
     def __init__(self, tmp: Path, **extra: str) -> None:
         self.port = free_port()
@@ -31,7 +37,10 @@ class Run:
                               "RAG_LLM_BACKEND": "extractive", **extra})
         self.env["VALKEY_PORT"] = str(free_port())
         self.log = tmp / "up.log"
-        self.proc = subprocess.Popen([str(ROOT / "scripts" / "up")], cwd=ROOT, env=self.env,
+        # As from a terminal: SIGHUP and SIGINT at their defaults (a shell cannot trap a signal ignored
+        # when it starts, and a test runner started in the background or under nohup ignores them).
+        up = str(ROOT / "scripts" / "up")
+        self.proc = subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, up], cwd=ROOT, env=self.env,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT)
 
     @property
