@@ -1,9 +1,10 @@
 """Micro-batching: the only module that decides which jobs are handled together.
 
 A query batch closes at ``size`` jobs or ``wait_ms`` after its first job, whichever
-comes first; except that a query which wakes an idle consumer is not held back: the
-queries that arrived with it join it, and it goes (a lone user's every question would
-otherwise wait ``wait_ms`` for nothing). An ingest batch is one message (itself a
+comes first; except that a query which finds its consumer answering nothing is not held
+back: the queries that arrived with it join it, and it goes (a lone user's every question
+would otherwise wait ``wait_ms`` for nothing). Whether the consumer was blocked in a read or
+polling between ingest batches when it came makes no difference. An ingest batch is one message (itself a
 batch of chunks), taken only when no query is waiting.
 """
 
@@ -47,10 +48,11 @@ class Batcher:
     def held(self) -> list[Delivery]:
         return list(self._held)
 
-    async def next(self, size: int, *, block: bool = True, ingest: bool = True) -> Batch:
+    async def next(self, size: int, *, block: bool = True, ingest: bool = True, hold: bool = True) -> Batch:
         """The next batch, queries first; ``idle`` when nothing arrived within the block timeout.
 
         ``ingest=False`` (an ingest batch is already being indexed): queries only, without blocking.
+        ``hold=False`` (no answer in progress): queries found go at once, not ``wait_ms`` later.
         """
         queries = await self._consumer.read(self._keys.queries, count=size)
         if not queries:
@@ -71,7 +73,7 @@ class Batcher:
             if not queries:
                 return Batch("ingest", [self._held.popleft()]) if self._held else Batch("idle", [])
             return await self._fill(queries, size, wait=0.0)
-        return await self._fill(queries, size, wait=self._wait)
+        return await self._fill(queries, size, wait=self._wait if hold else 0.0)
 
     async def _fill(self, queries: list[Delivery], size: int, wait: float) -> Batch:
         # The wait is timed here, not with a short XREADGROUP BLOCK: Redis and Valkey expire

@@ -246,7 +246,8 @@ class ConsumerLoop:
                     continue
                 size = min(self.settings.batch_size, free)
                 indexing = self.indexing is not None and not self.indexing.done()
-                batch = await self.batcher.next(size, block=not self.worker.burst, ingest=not indexing)
+                batch = await self.batcher.next(size, block=not self.worker.burst, ingest=not indexing,
+                                                hold=bool(self.inflight))
                 if batch.kind == "query":
                     await self._start_answers(batch.deliveries)
                 elif batch.kind == "ingest":
