@@ -14,7 +14,7 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.harness import Context, Row, cpu_model, valkey
+from bench.harness import Context, DidNotFinish, Row, check_rows, cpu_model, valkey
 from core.loop import run
 from tests.servers import ROOT
 
@@ -34,6 +34,15 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "answers": ("bench.answers", ("answer quality on dossier-bench's QA scenarios through /v1/ask: must-facts, "
                 "citations, not-found, injections, TTFT; extractive and SmolLM2")),
 }
+
+
+def measure(name: str, ctx: Context) -> list[Row]:
+    """One benchmark's rows, checked: BenchmarkError (DidNotFinish) if it or a baseline failed or measured nothing."""
+    module = importlib.import_module(BENCHMARKS[name][0])
+    # The service's own loop (uvloop) for every load generator, ours and the baselines'.
+    rows: list[Row] = run(module.run(ctx))
+    check_rows(name, rows)
+    return rows
 
 
 def table(rows: list[Row]) -> str:
@@ -88,18 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp, ExitStack() as run_stack:
         redis_url = run_stack.enter_context(valkey(Path(tmp)))
         for name in names:
-            module = importlib.import_module(BENCHMARKS[name][0])
             t0 = time.perf_counter()
             print(f"# {name}: {BENCHMARKS[name][1]}", file=sys.stderr, flush=True)
             with ExitStack() as stack:
                 ctx = Context(quick=args.quick, tmp=Path(tmp), redis_url=redis_url, stack=stack)
                 try:
-                    # The service's own loop (uvloop) for every load generator, ours and the baselines'.
-                    got = run(module.run(ctx))
+                    got = measure(name, ctx)
+                except DidNotFinish as exc:
+                    failures.append(name)
+                    got = [Row(bench=name, measure="did not finish", ours=str(exc)[:300])]
                 except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
                     traceback.print_exc()
                     failures.append(name)
-                    got = [Row(bench=name, measure="failed", ours=f"{type(exc).__name__}: {exc}"[:200])]
+                    got = [Row(bench=name, measure="failed", ours=f"{type(exc).__name__}: {exc}"[:300])]
             rows.extend(got)
             print(f"#   {name} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             for row in got:

@@ -39,7 +39,7 @@ async def _clients(redis: aioredis.Redis) -> int:
 
 
 async def run(ctx: Context) -> list[Row]:
-    n = 200 if ctx.quick else 5000  # the target: 5,000 streams on one API process
+    n = 100 if ctx.smoke else 200 if ctx.quick else 5000  # the target: 5,000 streams on one API process
     work = ctx.dir("fanout")
     env = service_env(ctx.redis_url, ctx.prefix("fanout"), work / "data")
     api, url = start_api(ctx, env, work / "api.log")
