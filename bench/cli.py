@@ -20,10 +20,11 @@ from tests.servers import ROOT
 
 #: name -> (module, what it measures); run in this order.
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "queue": ("bench.queue", "no-op jobs at 64 in flight: our worker via Redis Streams and via HTTP+SSE, vs RQ and ARQ"),
+    "queue": ("bench.queue", ("questions with the least work at 64 in flight: our worker via Redis Streams and via "
+              "HTTP+SSE, vs RQ and ARQ running no-op jobs")),
     "tokens": ("bench.tokens", "token relay: fake LLM as fast as it can -> worker -> Redis -> API -> SSE client"),
     "fanout": ("bench.fanout", "SSE fan-out: open streams on one API process, memory per stream, Redis connections"),
-    "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; retrieval-only queries/s at 1, 8, 64"),
+    "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; extractive questions/s at 1, 8, 64"),
     "ingest": ("bench.ingestion", "parse+chunk pages/s vs raw PyMuPDF; end-to-end pages/s with embedding"),
     "memory": ("bench.memory", "a 2,400-page PDF through python -m ingest: its peak RSS, the worker's RSS, the Redis window"),
     "llm": ("bench.llm", "local SmolLM2 (llama_cpp.server): TTFT and tokens/s, 1 and 4 concurrent, direct vs service"),

@@ -227,7 +227,8 @@ class Load(msgspec.Struct):
         return self.done / self.seconds
 
     def summary(self, unit: str = "jobs/s") -> str:
-        return (f"{self.rate:,.0f} {unit}, p50 {pct(self.latencies, 50) * 1000:.1f} ms, "
+        rate = f"{self.rate:,.0f}" if self.rate >= 100 else f"{self.rate:.3g}"  # 1.37, not 1
+        return (f"{rate} {unit}, p50 {pct(self.latencies, 50) * 1000:.1f} ms, "
                 f"p99 {pct(self.latencies, 99) * 1000:.1f} ms")
 
     def cpu_per_job(self, *, client: bool) -> tuple[float, str]:
