@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failures: list[str] = []
     started = time.perf_counter()
+    about = header(command)  # now: the date and load average at the start
     with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp, ExitStack() as run_stack:
         redis_url = run_stack.enter_context(valkey(Path(tmp)))
         for name in names:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"#   {name} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             for row in got:
                 print(f"#   {row.measure}: {row.ours} | {row.baseline} | {row.ratio}", file=sys.stderr, flush=True)
-    result = header(command) + f"\n- took: {time.perf_counter() - started:.0f} s\n\n" + table(rows)
+    result = about + f"\n- took: {time.perf_counter() - started:.0f} s\n\n" + table(rows)
     print(result)
     if args.output:
         args.output.write_text(f"# Benchmark results\n\n{result}\n")

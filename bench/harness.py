@@ -361,7 +361,7 @@ def ratio(ours: float, baseline: float, *, lower_is_better: bool = False) -> str
     if not (0 < ours < math.inf and 0 < baseline < math.inf):
         raise BenchmarkError(f"no ratio of {ours!r} to {baseline!r}: one side measured zero or not a number")
     value = baseline / ours if lower_is_better else ours / baseline
-    return f"{value:.2f}×"
+    return f"{value:.2f}×" if value >= 0.1 else f"{value:.2g}×"  # 0.0041×, not 0.00×
 
 
 #: A figure of zero with its unit ("0 jobs/s", "p50 0.0 ms"): a side that measured nothing. ("+0 MiB", a

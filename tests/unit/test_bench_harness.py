@@ -78,6 +78,7 @@ def test_rows_with_true_figures_pass_and_no_rows_is_refused() -> None:
 def test_no_ratio_of_a_zero_or_a_non_number_and_no_percentile_of_nothing() -> None:
     assert ratio(3.0, 2.0) == "1.50×"
     assert ratio(2.0, 3.0, lower_is_better=True) == "1.50×"
+    assert ratio(1.6, 386.0) == "0.0041×"
     for ours, baseline in [(0.0, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, math.inf)]:
         with pytest.raises(BenchmarkError):
             ratio(ours, baseline)
