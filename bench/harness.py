@@ -247,10 +247,12 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
     """``inflight`` callers, each running ``one()`` back to back through a warm-up and a measuring window.
 
     The warm-up lasts ``warmup_s`` and until every caller has finished a call (so the first,
-    cold calls stay out of the window, however slow). The window counts every call that
-    finishes in it, whenever it started: in a steady state that is the rate, while counting only
-    calls that start and end inside it undercounts by about latency / window (a side as slow as
-    the window counted nothing). A caller's error stops the run with it, callers still waiting
+    cold calls stay out of the window, however slow). The window lasts ``measure_s``, or twice
+    the slowest call of the warm-up if that is longer (calls batched together finish together:
+    a window of a few such steps would make the count jump). It counts every call that finishes
+    in it, whenever it started: in a steady state that is the rate, while counting only calls
+    that start and end inside it undercounts by about latency / window (a side as slow as the
+    window counted nothing). A caller's error stops the run with it, callers still waiting
     long after the window are an error, and a window in which nothing finished is
     DidNotFinish: ``what`` names the side in those messages.
 
@@ -260,6 +262,7 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
     window: list[float] = []  # [start, end] once the warm-up is over
     warm = asyncio.Event()
     finished_one: set[int] = set()
+    slowest = 0.0  # of the warm-up's calls
     latencies: list[float] = []
     cpu: dict[str, float] = {}
     started = 0
@@ -269,12 +272,12 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
         await warm.wait()
         before = {name: cpu_seconds(pid) for name, pid in (cpu_of or {}).items()}
         now = time.perf_counter()
-        window[:] = [now, now + measure_s]
-        await asyncio.sleep(measure_s)
+        window[:] = [now, now + max(measure_s, 2 * slowest)]
+        await asyncio.sleep(window[1] - now)
         cpu.update({name: cpu_seconds(pid) - before[name] for name, pid in (cpu_of or {}).items()})
 
     async def caller(number: int) -> None:
-        nonlocal started
+        nonlocal started, slowest
         while not window or time.perf_counter() < window[1]:
             started += 1
             t0 = time.perf_counter()
@@ -282,12 +285,14 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
             t1 = time.perf_counter()
             if window and window[0] <= t1 <= window[1]:
                 latencies.append(t1 - t0)
+            elif not window:
+                slowest = max(slowest, t1 - t0)
             finished_one.add(number)
             if len(finished_one) == inflight:
                 warm.set()
 
-    # Each call has its own timeout (60 s in the benchmarks); past this, something hangs.
-    limit = warmup_s + measure_s + 120
+    # Each call has its own timeout (60 s in the benchmarks, so a window of at most 120 s); past this, something hangs.
+    limit = warmup_s + measure_s + 300
     callers = [asyncio.create_task(caller(n)) for n in range(inflight)]
     tasks = [*callers, asyncio.create_task(clock())]
     try:
@@ -303,10 +308,11 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    span = window[1] - window[0]
     if not latencies:
-        raise DidNotFinish(f"{what}: none of the {started} jobs started finished in the {measure_s:g} s window "
+        raise DidNotFinish(f"{what}: none of the {started} jobs started finished in the {span:.3g} s window "
                            f"(after a warm-up in which each of the {inflight} callers finished one)")
-    return Load(len(latencies), measure_s, latencies, cpu)
+    return Load(len(latencies), span, latencies, cpu)
 
 
 class StreamClient:

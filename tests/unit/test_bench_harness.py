@@ -18,21 +18,33 @@ from bench.tokens import Stream
 
 
 async def test_every_call_that_finishes_in_the_window_counts_whenever_it_started() -> None:
-    # 0.3 s a call, a 0.5 s window opening once each caller has finished one: each caller's second call
-    # starts as the window opens and ends inside it, its third ends after it. Counting only calls that
-    # start and end inside the window would miss calls that began just before it.
+    # 0.3 s a call, a 0.75 s window opening once each caller has finished one (at 0.3 s): each caller's
+    # second and third calls end inside it (0.6, 0.9), its fourth after it (1.2). Counting only calls that
+    # start and end inside the window would miss the second, begun just before it opened.
     async def one() -> None:
         await asyncio.sleep(0.3)
 
-    load = await closed_loop(one, what="sleeper", inflight=4, warmup_s=0.1, measure_s=0.5)
-    assert load.done == 4
-    assert load.rate == 8.0
+    load = await closed_loop(one, what="sleeper", inflight=4, warmup_s=0.0, measure_s=0.75)
+    assert load.done == 8
+    assert load.seconds == pytest.approx(0.75)
     assert all(0.29 < x < 0.45 for x in load.latencies)
 
 
-async def test_a_side_that_finishes_nothing_in_the_window_did_not_finish() -> None:
+async def test_the_window_lasts_twice_the_slowest_warm_up_call() -> None:
     async def one() -> None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.4)
+
+    load = await closed_loop(one, what="sleeper", inflight=2, warmup_s=0.0, measure_s=0.1)
+    assert 0.8 <= load.seconds < 0.95
+
+
+async def test_a_side_that_finishes_nothing_in_the_window_did_not_finish() -> None:
+    calls = 0
+
+    async def one() -> None:  # fast to warm up, then stuck for longer than the window
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01 if calls <= 2 else 1.0)
 
     with pytest.raises(DidNotFinish, match="slow side: none of the"):
         await closed_loop(one, what="slow side", inflight=2, warmup_s=0.0, measure_s=0.3)
