@@ -103,7 +103,7 @@ async def run(ctx: Context) -> list[Row]:
 
         async def one() -> None:
             job = await client.submit(QUESTIONS[next(asked) % len(QUESTIONS)])
-            got = await client.until(job)
+            got = await client.until(job, timeout_s=300)  # a batch of 16 answers takes tens of seconds here
             if got[-1][0] != "done":
                 raise RuntimeError(f"query failed: {got[-1]}")
 

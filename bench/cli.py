@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): "
                         f"{', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true",
-                        help="1-second windows and smaller inputs, indicative only (about 1.5 minutes)")
+                        help="short windows and smaller inputs, indicative only (about 17 minutes on 2 shared cores)")
     parser.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave out a benchmark")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the results (date, machine, command, table) to this markdown file")

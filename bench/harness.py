@@ -242,6 +242,12 @@ class Load(msgspec.Struct):
         return total, text + (f" = {total * 1e6:,.0f} µs" if len(parts) > 1 else "")
 
 
+#: closed_loop's limits: for every caller to finish its first call, and for the calls still running when the
+#: window closes.
+WARM_UP_LIMIT_S = 300.0
+GRACE_S = 120.0
+
+
 async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight: int, warmup_s: float,
                       measure_s: float, cpu_of: dict[str, int] | None = None) -> Load:
     """``inflight`` callers, each running ``one()`` back to back through a warm-up and a measuring window.
@@ -267,12 +273,17 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
     cpu: dict[str, float] = {}
     started = 0
 
+    loop = asyncio.get_running_loop()
+    # Each call has its own timeout (60 s in the benchmarks): past these, something hangs.
+    deadline = asyncio.timeout_at(loop.time() + warmup_s + WARM_UP_LIMIT_S)
+
     async def clock() -> None:
         await asyncio.sleep(warmup_s)
         await warm.wait()
         before = {name: cpu_seconds(pid) for name, pid in (cpu_of or {}).items()}
         now = time.perf_counter()
         window[:] = [now, now + max(measure_s, 2 * slowest)]
+        deadline.reschedule(loop.time() + window[1] - now + GRACE_S)  # for the calls the window's end finds running
         await asyncio.sleep(window[1] - now)
         cpu.update({name: cpu_seconds(pid) - before[name] for name, pid in (cpu_of or {}).items()})
 
@@ -291,17 +302,18 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
             if len(finished_one) == inflight:
                 warm.set()
 
-    # Each call has its own timeout (60 s in the benchmarks, so a window of at most 120 s); past this, something hangs.
-    limit = warmup_s + measure_s + 300
     callers = [asyncio.create_task(caller(n)) for n in range(inflight)]
     tasks = [*callers, asyncio.create_task(clock())]
     try:
-        async with asyncio.timeout(limit):
+        async with deadline:
             await asyncio.gather(*tasks)
     except TimeoutError:
+        if not window:
+            raise DidNotFinish(f"{what}: {len(finished_one)} of {inflight} callers finished a call in "
+                               f"{warmup_s + WARM_UP_LIMIT_S:.0f} s of warm-up") from None
         waiting = sum(not task.done() for task in callers)
-        raise DidNotFinish(f"{what}: {waiting} of {inflight} callers still waiting {limit:.0f} s after the start"
-                           + ("" if window else f"; {len(finished_one)} had finished a call")) from None
+        raise DidNotFinish(f"{what}: {waiting} of {inflight} callers still waiting {GRACE_S:.0f} s after the "
+                           "window closed") from None
     except Exception as exc:
         raise BenchmarkError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
     finally:
