@@ -16,6 +16,7 @@ import msgspec
 import redis.asyncio as aredis
 
 from app.hub import EventHub
+from core.documents import DocumentRecord, Registry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, Retrieval, new_job
@@ -105,6 +106,19 @@ def start_worker(ctx: Context, env: dict[str, str], log: Path, timeout: float = 
             time.sleep(0.05)
     finally:
         client.close()
+
+
+async def register_empty_document(settings: Settings) -> None:
+    """A published document with no chunks in the default collection: a question then goes the whole way
+    (search, sources, the "not found" answer, done) instead of ending at once with empty_collection."""
+    redis = connect(settings.redis)
+    try:
+        registry = Registry(redis, Keys(settings.redis.prefix))
+        record = DocumentRecord(id="bench-empty", collection="default", file="empty.pdf", source="bench")
+        await registry.start(record)
+        await registry.published(record)
+    finally:
+        await redis.aclose()
 
 
 def start_api(ctx: Context, env: dict[str, str], log: Path) -> tuple[Proc, str]:

@@ -23,6 +23,7 @@ from bench.harness import (
     closed_loop,
     pct,
     ratio,
+    register_empty_document,
     server_pid,
     service_env,
     settings_of,
@@ -136,6 +137,7 @@ async def ours(ctx: Context, *, inflight: int = INFLIGHT, http: bool = True,
     env = service_env(ctx.redis_url, ctx.prefix("queue"), work / "data",
                       embedder_backend="openai", embedder_base_url=fake, **(overrides or {}))
     worker = start_worker(ctx, env, work / "worker.log")
+    await register_empty_document(settings_of(env))
     # The fake embedder is left out: it stands for work the service would do anyway.
     cpu_of = {"worker": worker.proc.pid, "Valkey": await server_pid(ctx.redis_url), "load generator": os.getpid()}
     streams = await streams_load(ctx, env, inflight, cpu_of)
