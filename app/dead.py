@@ -15,6 +15,7 @@ from app.jobs import Jobs, links
 from app.relay import valid_entry_id
 from app.schemas import Links
 from core.errors import BadRequest
+from core.protocol import DeadLetter
 
 
 class DeadJob(Struct, kw_only=True, omit_defaults=True):
@@ -28,14 +29,15 @@ class DeadJob(Struct, kw_only=True, omit_defaults=True):
     consumer: str | None = None
 
 
+def view(entry_id: str, letter: DeadLetter) -> DeadJob:
+    return DeadJob(entry_id=entry_id, job_id=letter.job_id, stream=letter.stream, code=letter.code, error=letter.error,
+                   deliveries=letter.deliveries, dead_ms=letter.dead_ms, consumer=letter.consumer or None)
+
+
 class Requeued(Struct, kw_only=True):
     id: str
     status: str = "queued"
     links: Links
-
-
-def _text(fields: dict[bytes, bytes], name: str) -> str:
-    return fields.get(name.encode(), b"").decode(errors="replace")
 
 
 class DeadLetterController(Controller):
@@ -48,19 +50,7 @@ class DeadLetterController(Controller):
     ) -> list[DeadJob]:
         jobs: Jobs = state.jobs
         entries = await jobs.redis.xrevrange(jobs.keys.dead, count=count)
-        return [
-            DeadJob(
-                entry_id=entry_id.decode(),
-                job_id=_text(fields, "job_id") or None,
-                stream=_text(fields, "stream"),
-                code=_text(fields, "code"),
-                error=_text(fields, "error"),
-                deliveries=int(fields.get(b"deliveries", b"0")),
-                dead_ms=int(fields.get(b"dead_ms", b"0")),
-                consumer=_text(fields, "consumer") or None,
-            )
-            for entry_id, fields in entries
-        ]
+        return [view(entry_id.decode(), DeadLetter.read(fields)) for entry_id, fields in entries]
 
     @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again",
           responses=documented(404))

@@ -15,7 +15,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.autopipeline import TickBatch, autopipeline
-from core.protocol import TERMINAL
+from core.protocol import EventEntry, read_event
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("app.hub")
 
 #: An event as relayed: (entry id, type, JSON data).
-Item = tuple[str, str, str]
+Item = EventEntry
 
 #: A subscriber this far behind is dropped (its stream ends; the client resumes with Last-Event-ID).
 MAX_QUEUED = 10_000
@@ -138,14 +138,18 @@ class EventHub:
                 self._deliver(key, entries)
 
     def _deliver(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        for sub in list(self._subs.get(key, [])):
-            for entry_id, fields in entries:
-                if entry_key(entry_id) <= entry_key(sub.cursor):
+        subs = self._subs.get(key)
+        if not subs:
+            return
+        read = [(entry_key(entry_id), read_event(entry_id, fields)) for entry_id, fields in entries]
+        for sub in list(subs):
+            after = entry_key(sub.cursor)
+            for position, entry in read:
+                if position <= after:
                     continue
-                sub.cursor = entry_id.decode()
-                kind = fields[b"type"].decode()
-                sub.queue.put_nowait((sub.cursor, kind, fields[b"data"].decode()))
-                if kind in TERMINAL or sub.queue.qsize() > MAX_QUEUED:
+                sub.cursor = entry.id
+                sub.queue.put_nowait(entry)
+                if entry.terminal or sub.queue.qsize() > MAX_QUEUED:
                     sub.queue.put_nowait(None)
                     self.unsubscribe(sub)
                     break

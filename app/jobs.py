@@ -8,24 +8,17 @@ from typing import TYPE_CHECKING, Literal, cast
 from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 from core.errors import BadRequest
-from core.events import EventWriter
+from core.events import CancelResult, EventWriter
 from core.keys import Keys, valid_job_id
-from core.protocol import Done, Error, Query, decode_event, decode_job, encode_job, new_job
+from core.protocol import DeadLetter, Done, Error, EventKind, Query, decode_job, job_fields, new_job, read_event
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.settings import Settings
 
-_STATUS: dict[str, JobStatus] = {
-    "sources": "running",
-    "token": "running",
-    "progress": "running",
-    "restart": "running",
-    "done": "done",
-    "error": "failed",
-    "cancelled": "cancelled",
-}
+#: A job's status by the kind of its last event: any other kind means it is running.
+_STATUS: dict[str, JobStatus] = {EventKind.DONE: "done", EventKind.ERROR: "failed", EventKind.CANCELLED: "cancelled"}
 
 
 def links(job_id: str) -> Links:
@@ -70,11 +63,11 @@ class Jobs:
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
         result = await self._events.cancel(job_id)
-        if result == -1:
+        if result is CancelResult.UNKNOWN:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
-        if result == 0:
+        if result is CancelResult.FINISHED:
             raise JobFinished(f"job {job_id} has already finished")
-        return "cancelled" if result == 2 else "cancelling"
+        return "cancelled" if result is CancelResult.NOT_STARTED else "cancelling"
 
     def cancel_soon(self, job_id: str) -> None:
         """Cancel from a request that is itself going away (a client that disconnected)."""
@@ -85,18 +78,18 @@ class Jobs:
     async def requeue_dead(self, entry_id: str) -> str | None:
         """Put a dead job back on its stream under the same id, with a fresh event stream."""
         entries = await self.redis.xrange(self.keys.dead, min=entry_id, max=entry_id)
-        if not entries or b"job" not in entries[0][1]:
+        letter = DeadLetter.read(entries[0][1]) if entries else None
+        if letter is None or letter.job is None:
             return None
-        fields = entries[0][1]
-        job = decode_job(fields[b"job"])
-        stream = fields.get(b"stream", self.keys.queries.encode()).decode()
+        job = decode_job(letter.job)
+        stream = letter.stream or self.keys.queries
         if stream not in (self.keys.queries, self.keys.ingest):
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
             # Its old events end in `error`: a new run starts a new stream for the same id.
             pipe.delete(self.keys.events(job.id), self.keys.cancel(job.id))
             pipe.expire(self.keys.record(job.id), self.settings.limits.events_ttl_s)
-            pipe.xadd(stream, {"job": encode_job(job)})
+            pipe.xadd(stream, job_fields(job))
             pipe.xdel(self.keys.dead, entry_id)
             await pipe.execute()
         return job.id
@@ -122,10 +115,10 @@ class Jobs:
         last = await self.redis.xrevrange(self.keys.events(job_id), count=1)
         if not last:
             return view
-        kind = last[0][1][b"type"].decode()
-        view.status = _STATUS.get(kind, "running")
-        if kind in ("done", "error"):
-            event = decode_event(last[0][1][b"data"])
+        entry = read_event(*last[0])
+        view.status = _STATUS.get(entry.kind, "running")
+        if entry.terminal:
+            event = entry.event()
             if isinstance(event, Done):
                 view.answer = event.answer
                 view.citations = event.citations

@@ -7,94 +7,133 @@ script, so an event stream can never outlive its TTL or grow without bound.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from enum import IntEnum
+from typing import TYPE_CHECKING, Final
 
 from core.autopipeline import autopipeline
 from core.keys import Keys
-from core.protocol import Cancelled, Event, Job, encode_event, encode_job
+from core.lua import script
+from core.protocol import (
+    DATA_FIELD,
+    JOB_FIELD,
+    TERMINAL,
+    TYPE_FIELD,
+    Cancelled,
+    Event,
+    EventKind,
+    Job,
+    encode_event,
+    encode_job,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.settings import LimitSettings
 
+# Appending one event: trimmed (MAXLEN ~) and the stream's expiry refreshed in the same step.
+# Every script that writes an event starts with it.
+_ADD_EVENT = """
+local function add(key, kind, data, maxlen, ttl)
+  local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', $TYPE, kind, $DATA, data)
+  redis.call('EXPIRE', key, ttl)
+  return id
+end
+-- The kind of the stream's last event (nil when it has none): an entry's first field is its type.
+local function last_kind(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][2][2]
+end
+local TERMINAL = $TERMINAL
+"""
+
 # Counts chunks an ingest job has indexed and writes its progress event, and its
 # done event once the producer has told the total and every chunk is in: atomic, so
-# exactly one caller finishes the job and nothing lands after `done`.
+# exactly one caller finishes the job and nothing lands after `done`. Answers 1 then, else 0.
 # KEYS: record, events. ARGV: added chunks (0 from the producer), total ('' unless
 # the producer is sealing), file, maxlen, ttl.
-_INGEST_PROGRESS = """
+_INGEST_PROGRESS = _ADD_EVENT + """
 local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', tonumber(ARGV[1]))
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'chunks_total', ARGV[2]) end
 local total = redis.call('HGET', KEYS[1], 'chunks_total')
 local ttl = tonumber(ARGV[5])
-local function emit(kind, data)
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', kind, 'data', data)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  return id
-end
 if redis.call('HEXISTS', KEYS[1], 'finished') == 1 then return 0 end
 if tonumber(ARGV[1]) > 0 then
-  emit('progress', cjson.encode({type='progress', chunks_done=done,
-    chunks_total=(total and tonumber(total)) or cjson.null, file=ARGV[3]}))
+  add(KEYS[2], $PROGRESS, cjson.encode({[$TYPE]=$PROGRESS, chunks_done=done,
+    chunks_total=(total and tonumber(total)) or cjson.null, file=ARGV[3]}), ARGV[4], ttl)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 if total and done >= tonumber(total) then
   redis.call('HSET', KEYS[1], 'finished', '1', 'status', 'done')
-  emit('done', cjson.encode({type='done', chunks=done}))
+  add(KEYS[2], $DONE, cjson.encode({[$TYPE]=$DONE, chunks=done}), ARGV[4], ttl)
   return 1
 end
 return 0
 """
 
-
 # One event for a job: refused (nil) when the job was cancelled, and then the job's
 # `cancelled` event is written instead, once. KEYS: events, record, cancel flag.
 # ARGV: maxlen, ttl, type, data, 1 to honour the cancel flag, the cancelled event's data.
-_EMIT = """
-local function add(kind, data)
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', kind, 'data', data)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+_EMIT = _ADD_EVENT + """
+local function emit(kind, data)
+  local id = add(KEYS[1], kind, data, ARGV[1], tonumber(ARGV[2]))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
   return id
 end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  local kind = last[1] and last[1][2][2]
-  if kind ~= 'done' and kind ~= 'error' and kind ~= 'cancelled' then add('cancelled', ARGV[6]) end
+  if not TERMINAL[last_kind(KEYS[1])] then emit($CANCELLED, ARGV[6]) end
   return false
 end
-return add(ARGV[3], ARGV[4])
+return emit(ARGV[3], ARGV[4])
 """
 
-# Cancelling a job: -1 unknown, 0 already finished, 2 cancelled before any worker
-# started it (the `cancelled` event is written here), 1 running (its worker stops it).
+# Cancelling a job: answers a CancelResult (NOT_STARTED: the `cancelled` event is written here).
 # KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the cancelled event's data.
-_CANCEL = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local kind = last[1] and last[1][2][2]
-if kind == 'done' or kind == 'error' or kind == 'cancelled' then return 0 end
+_CANCEL = _ADD_EVENT + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return $UNKNOWN end
+local kind = last_kind(KEYS[1])
+if TERMINAL[kind] then return $FINISHED end
 redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[2]))
 if not kind then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'cancelled', 'data', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-  return 2
+  add(KEYS[1], $CANCELLED, ARGV[3], ARGV[1], tonumber(ARGV[2]))
+  return $NOT_STARTED
 end
-return 1
+return $RUNNING
 """
 
 # Enqueueing a job unless the stream already holds ``max`` (0: no limit): the check and the
 # XADD in one step, so a burst cannot overshoot the limit. KEYS: stream. ARGV: max, job.
-# Returns -1 when added, else the stream's length.
+# Answers ENQUEUED when added, else the stream's length.
 _ENQUEUE = """
 local n = redis.call('XLEN', KEYS[1])
 if tonumber(ARGV[1]) > 0 and n >= tonumber(ARGV[1]) then return n end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
-return -1
+redis.call('XADD', KEYS[1], '*', $JOB, ARGV[2])
+return $ENQUEUED
 """
 
-_CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))["data"]
+
+def _script(template: str) -> str:
+    return script(template, TYPE=TYPE_FIELD, DATA=DATA_FIELD, JOB=JOB_FIELD,
+                  TERMINAL=TERMINAL, PROGRESS=EventKind.PROGRESS, DONE=EventKind.DONE,
+                  CANCELLED=EventKind.CANCELLED, ENQUEUED=ENQUEUED,
+                  **{result.name: result for result in CancelResult})
+
+
+class CancelResult(IntEnum):
+    """What cancelling a job found (the cancel script's answer)."""
+
+    UNKNOWN = -1
+    FINISHED = 0
+    #: A worker has it: the cancel flag is set and published, and that worker stops it.
+    RUNNING = 1
+    #: No worker had started it: its `cancelled` event is written already.
+    NOT_STARTED = 2
+
+
+#: The enqueue script's answer when the job was added (otherwise: the stream's length, over the limit).
+ENQUEUED: Final = -1
+
+_CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))[DATA_FIELD]
 
 
 class JobCancelled(Exception):
@@ -111,10 +150,10 @@ class EventWriter:
         self._keys = keys
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
-        self._progress = redis.register_script(_INGEST_PROGRESS)
-        self._emit = redis.register_script(_EMIT)
-        self._cancel = redis.register_script(_CANCEL)
-        self._enqueue = redis.register_script(_ENQUEUE)
+        self._progress = redis.register_script(_script(_INGEST_PROGRESS))
+        self._emit = redis.register_script(_script(_EMIT))
+        self._cancel = redis.register_script(_script(_CANCEL))
+        self._enqueue = redis.register_script(_script(_ENQUEUE))
 
     @property
     def redis(self) -> Redis:
@@ -151,7 +190,7 @@ class EventWriter:
         return self._pipe.send_script(
             self._emit,
             self._job_keys(job_id),
-            [self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
+            [self._maxlen, self._ttl, fields[TYPE_FIELD], fields[DATA_FIELD], int(unless_cancelled), _CANCELLED],
         )
 
     async def last_event_ms(self, job_id: str) -> int | None:
@@ -169,12 +208,13 @@ class EventWriter:
         except JobCancelled:
             return
 
-    async def cancel(self, job_id: str) -> int:
-        """Set the job's cancel flag: -1 unknown, 0 finished already, 1 running, 2 cancelled before it started."""
-        result = await self._pipe.script(self._cancel, self._job_keys(job_id), [self._maxlen, self._ttl, _CANCELLED])
-        if int(result) == 1:
+    async def cancel(self, job_id: str) -> CancelResult:
+        """Set the job's cancel flag; a running job's worker is told at once."""
+        result = CancelResult(int(await self._pipe.script(
+            self._cancel, self._job_keys(job_id), [self._maxlen, self._ttl, _CANCELLED])))
+        if result is CancelResult.RUNNING:
             await self._redis.publish(self._keys.cancels, job_id)
-        return int(result)
+        return result
 
     async def submit(self, job: Job, stream: str, record: dict[str, str | int], *,
                      max_backlog: int = 0) -> int | None:
@@ -185,7 +225,7 @@ class EventWriter:
         futures = [self._pipe.send(*command) for command in self._record(job.id, record)]
         futures.append(self._pipe.send_script(self._enqueue, [stream], [max_backlog, encode_job(job)]))
         *_, backlog = await asyncio.gather(*futures)
-        if int(backlog) < 0:
+        if int(backlog) == ENQUEUED:
             return None
         await self._pipe.execute_command("DEL", self._keys.record(job.id))
         return int(backlog)
@@ -199,7 +239,7 @@ class EventWriter:
         return [("HSET", key, *fields), ("EXPIRE", key, self._ttl)]
 
     async def enqueue(self, job: Job, stream: str) -> None:
-        await self._pipe.execute_command("XADD", stream, "*", "job", encode_job(job))
+        await self._pipe.execute_command("XADD", stream, "*", JOB_FIELD, encode_job(job))
 
     async def ingest_progress(self, job_id: str, chunks: int, file: str) -> bool:
         """Count ``chunks`` as indexed; True when this call finished the job."""

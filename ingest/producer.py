@@ -27,13 +27,14 @@ from core.protocol import (
     Document,
     DocumentEvent,
     Error,
+    EventKind,
     IngestBatch,
     Progress,
     chunk_id,
-    decode_event,
     new_id,
     new_job,
     now_ms,
+    read_event,
 )
 from ingest.chunker import TokenCounter
 from ingest.errors import FileNotFound, IngestError, NoText
@@ -298,8 +299,9 @@ class Producer:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     cursor = entry_id
-                    if fields[b"type"] == b"done":
-                        return int(getattr(decode_event(fields[b"data"]), "chunks", 0))
+                    entry = read_event(entry_id, fields)
+                    if entry.kind == EventKind.DONE:
+                        return int(getattr(entry.event(), "chunks", 0))
         raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s")
 
     async def request_delete(self, document_id: str) -> str | None:
@@ -336,14 +338,13 @@ class Producer:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     cursor = entry_id
-                    kind = fields[b"type"].decode()
-                    event = decode_event(fields[b"data"])
+                    entry = read_event(entry_id, fields)
+                    event = entry.event()
                     if isinstance(event, Progress):
                         state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
-                    elif kind == "done":
-                        state.finished = True
-                    elif kind in ("error", "cancelled"):
-                        state.error = getattr(event, "message", kind)
+                    elif entry.terminal:
+                        if entry.kind != EventKind.DONE:
+                            state.error = getattr(event, "message", entry.kind)
                         state.finished = True
                     on_update(state, None)
                     if state.finished:
