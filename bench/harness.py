@@ -16,7 +16,7 @@ import msgspec
 import redis.asyncio as aredis
 
 from app.hub import EventHub
-from core.documents import DocumentRecord, Registry
+from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, Retrieval, new_job
@@ -113,7 +113,7 @@ async def register_empty_document(settings: Settings) -> None:
     (search, sources, the "not found" answer, done) instead of ending at once with empty_collection."""
     redis = connect(settings.redis)
     try:
-        registry = Registry(redis, Keys(settings.redis.prefix))
+        registry = DocumentRegistry(redis, Keys(settings.redis.prefix))
         record = DocumentRecord(id="bench-empty", collection="default", file="empty.pdf", source="bench")
         await registry.start(record)
         await registry.published(record)

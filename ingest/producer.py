@@ -17,7 +17,7 @@ import pymupdf
 import structlog
 from msgspec import Struct
 
-from core.documents import DocumentRecord, Registry
+from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.keys import Keys
 from core.payload import DEFAULT_COLLECTION
@@ -123,7 +123,7 @@ class Producer:
         self._settings = settings
         self._keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self._keys, settings.limits)
-        self.registry = Registry(redis, self._keys)
+        self.registry = DocumentRegistry(redis, self._keys)
         self._collection = collection or DEFAULT_COLLECTION
         self._force = force
         self._window = window_chunks or settings.ingest.window_chunks

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 from msgspec import Struct
 
-from core.documents import Registry
+from core.documents import DocumentRegistry
 from core.errors import BadRequest, RagError
 from core.payload import DEFAULT_COLLECTION, indexed_text
 from core.protocol import (
@@ -107,7 +107,7 @@ class QueryPipeline:
         self._reranker = reranker
         self._fusion = fusion_of(settings)
         self._heading_match = HeadingMatch(self._bm25)
-        self._registry = Registry(events.redis, events.keys)
+        self._registry = DocumentRegistry(events.redis, events.keys)
         self._passages = PassageSelector(embedder, self._bm25, budget_tokens=settings.llm.context_tokens,
                                          min_score=settings.llm.min_score)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from core.documents import DocumentRecord, Registry
+from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, Retrieval, Sources, decode_event, new_job
@@ -98,7 +98,7 @@ async def test_a_question_of_stopwords_only_still_gets_sources(settings, tmp_pat
 
 async def test_a_collection_still_indexing_says_so_in_sources(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     redis = connect(settings.redis)
-    registry = Registry(redis, Keys(settings.redis.prefix))
+    registry = DocumentRegistry(redis, Keys(settings.redis.prefix))
     async with running_worker(settings):
         await ingest(settings, make.manual(tmp_path / "manual.pdf"))
         # A second document whose chunks are still on their way (as the producer opens it).
