@@ -56,6 +56,10 @@ class Keys:
         """Hash document id -> file of the collection's documents being indexed (not yet searchable)."""
         return f"{self.prefix}:indexing:{{{collection}}}"
 
+    def lease(self, consumer: str) -> str:
+        """A consumer name's lease: held by one live worker process (workers.leases)."""
+        return f"{self.workers}:lease:{consumer}"
+
     def document_batches(self, collection: str, document_id: str) -> str:
         """Bitmap of the document's batches indexed so far (bit = batch position): redeliveries count once."""
         return f"{self.prefix}:doc:{{{collection}/{document_id}}}:batches"

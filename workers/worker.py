@@ -27,8 +27,8 @@ from workers.consumer import Consumer, Delivery
 from workers.embedder import Embedder, create_embedder
 from workers.generator import Generator, create_generator
 from workers.indexer import Indexer
+from workers.leases import HEARTBEAT_S, NameLeases
 from workers.metrics import Metrics
-from workers.registry import HEARTBEAT_S, Registry
 from workers.reranker import Reranker, create_reranker
 from workers.sparse import Bm25Encoder
 from workers.store import VectorStore, open_store
@@ -104,9 +104,9 @@ class Worker:
                 stack.push_async_callback(reranker.aclose)
             events = EventWriter(redis, self.keys, self.settings.limits)
             metrics = self.metrics = Metrics(redis, self.keys.metrics)
-            registry = Registry(redis, self.keys)
-            names = await registry.claim_names(self.concurrency)
-            stack.push_async_callback(registry.release)
+            leases = NameLeases(redis, self.keys)
+            names = await leases.claim_names(self.concurrency)
+            stack.push_async_callback(leases.release)
             loops = self.loops = [
                 ConsumerLoop(
                     self,
@@ -124,7 +124,7 @@ class Worker:
             await loops[0].consumer.ensure_groups()
             listener = asyncio.create_task(self._listen_for_cancels(redis, loops))
             stack.push_async_callback(_cancel_task, listener)
-            heartbeat = asyncio.create_task(self._heartbeat(registry, loops))
+            heartbeat = asyncio.create_task(self._heartbeat(leases, loops))
             stack.push_async_callback(_cancel_task, heartbeat)
             log.info(
                 "worker_started",
@@ -143,21 +143,21 @@ class Worker:
             log.info("worker_stopped", **dict(metrics.local))
 
 
-    async def _heartbeat(self, registry: Registry, loops: list[ConsumerLoop]) -> None:
+    async def _heartbeat(self, leases: NameLeases, loops: list[ConsumerLoop]) -> None:
         """Renew leases, keep in-flight jobs from looking idle, and forget long-dead consumers."""
         touch_every = max(self.settings.worker.claim_idle_ms / 3000, 0.2)
         last_touch = last_prune = 0.0
         while True:
             try:
                 now = time.monotonic()
-                await registry.beat()
+                await leases.beat()
                 if now - last_touch >= touch_every:
                     last_touch = now
                     for loop in loops:
                         await loop.touch_inflight()
                 if now - last_prune >= 60:
                     last_prune = now
-                    alive = set(await alive_workers(registry.redis, self.keys))
+                    alive = set(await alive_workers(leases.redis, self.keys))
                     removed = await loops[0].consumer.prune_consumers(idle_ms=DEAD_CONSUMER_MS, keep=alive)
                     if removed:
                         log.info("pruned_dead_consumers", consumers=removed)
