@@ -36,7 +36,7 @@ from core.errors import BadRequest
 from core.events import EventWriter
 from core.holders import holder_gone, identity
 from core.keys import Keys
-from core.payload import DEFAULT_COLLECTION
+from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTION
 from core.protocol import UPLOAD_INTERRUPTED, Error, new_id
 from core.settings import Settings
 from ingest.chunker import TokenCounter
@@ -44,7 +44,6 @@ from ingest.producer import IngestFile, Producer
 
 log = structlog.get_logger("app.documents")
 
-_COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
 
@@ -106,8 +105,8 @@ def _jobs(state: State) -> Jobs:
 def _collection(value: str | None) -> str:
     if value is None or value == "":
         return DEFAULT_COLLECTION
-    if not _COLLECTION.fullmatch(value):
-        raise BadRequest("collection: 1 to 64 letters, digits, '_' or '-'", code="invalid_collection")
+    if not COLLECTION_NAME.fullmatch(value):
+        raise BadRequest(f"collection: {COLLECTION_NAME_RULE}", code="invalid_collection")
     return value
 
 

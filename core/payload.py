@@ -6,6 +6,7 @@ and the answers that read it back.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
@@ -15,6 +16,9 @@ from core.text import starts_with_heading
 
 #: The collection of a question or an upload that names none.
 DEFAULT_COLLECTION: Final = "default"
+#: What a collection may be called (ingest and the API check it; see staging()).
+COLLECTION_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+COLLECTION_NAME_RULE: Final = "1 to 64 letters, digits, '_' or '-'"
 
 #: Payload keys that searches, publishing and deleting filter on (each has a payload index).
 COLLECTION: Final = "collection"
@@ -35,8 +39,8 @@ HEADING: Final = "heading"
 def staging(collection: str) -> str:
     """The hidden ``collection`` value of a document's points until it is published.
 
-    Collection names are letters, digits, '_' and '-' (ingest and the API check), so
-    this value never names a real collection and no query searches it.
+    A collection's name matches COLLECTION_NAME, so this value never names a real collection
+    and no query searches it.
     """
     return f"~staging:{collection}"
 

