@@ -94,6 +94,11 @@ def payload_dict(payload: ChunkPayload) -> dict[str, Any]:
     return _to_dict(payload)  # type: ignore[no-any-return]
 
 
+#: What a stored payload lacks reads as empty (a point written by hand, or by an older release).
+_EMPTY: Final = {"collection": "", "document_id": "", "file": "", "page": 0, "index": 0, "text": ""}
+
+
 def read_payload(raw: dict[str, Any]) -> ChunkPayload:
-    """A stored payload, old points (without ``context`` or ``nav``) included."""
-    return msgspec.convert(raw, ChunkPayload, strict=False)
+    """A stored payload, old points (without ``context`` or ``nav``) included; a chunk without a
+    ``page_end`` ends on its ``page``."""
+    return msgspec.convert({**_EMPTY, "page_end": raw.get("page", 0), **raw}, ChunkPayload, strict=False)
