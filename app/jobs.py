@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Literal, cast
 from app.errors import JobFinished, JobNotFound, Overloaded
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 from core.errors import BadRequest
-from core.events import CancelResult, EventWriter
 from core.keys import Keys, valid_job_id
 from core.protocol import DeadLetter, Done, Error, EventKind, Query, decode_job, job_fields, new_job, read_event
+from core.queue import CancelResult, JobQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -30,7 +30,7 @@ class Jobs:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self._events = EventWriter(redis, self.keys, settings.limits)
+        self._queue = JobQueue(redis, self.keys, settings.limits)
         self._background: set[asyncio.Task[object]] = set()
 
     def validate(self, request: QueryRequest) -> Query:
@@ -53,7 +53,7 @@ class Jobs:
         job = new_job(query)
         # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
         limit = self.settings.limits.max_backlog
-        backlog = await self._events.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
+        backlog = await self._queue.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
         if backlog is not None:
             raise Overloaded(f"{backlog} questions are waiting; the limit is {limit}. Retry shortly.")
         return job.id
@@ -62,7 +62,7 @@ class Jobs:
         """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
-        result = await self._events.cancel(job_id)
+        result = await self._queue.cancel(job_id)
         if result is CancelResult.UNKNOWN:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
         if result is CancelResult.FINISHED:

@@ -3,7 +3,7 @@
 Raw: ``OnnxEmbedder.embed_sync`` on the same chunk texts, at its best ONNX batch size
 (searched first on a sample). Worker: ``python -m workers`` (ONNX embedder, embedded
 qdrant-edge) fed the same chunks as ingest batches of RAG_INGEST_BATCH_CHUNKS through
-the ingest stream (EventWriter.enqueue, the producer's own call), timed from the first
+the ingest stream (JobQueue.enqueue, the producer's own call), timed from the first
 message to the job's ``done``. Retrieval: questions through the query stream with the
 extractive generator (no LLM), at 1, 8 and 64 in flight, against raw embedding of one
 question per call and of 16 per call (the worker's batch size).
@@ -70,12 +70,12 @@ async def run(ctx: Context) -> list[Row]:
         job_id = new_id()
         doc = Document(id="bench-doc", file="bench.pdf", source="bench.pdf", title="bench", pages=n)
         per = settings.ingest.batch_chunks
-        await client.events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": 1})
+        await client.queue.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": 1})
         t0 = time.perf_counter()
         for start in range(0, n, per):
             chunks = [ChunkIn(id=chunk_id(doc.id, i), text=texts[i], page=i + 1, page_end=i + 1, index=i)
                       for i in range(start, min(n, start + per))]
-            await client.events.enqueue(new_job(IngestBatch(document=doc, chunks=chunks), job_id=job_id),
+            await client.queue.enqueue(new_job(IngestBatch(document=doc, chunks=chunks), job_id=job_id),
                                         client.keys.ingest)
         await client.events.ingest_sealed(job_id, n)
         events = await client.until(job_id, timeout_s=600)

@@ -41,7 +41,7 @@ def _windows(ctx: Context) -> tuple[float, float]:
 
 
 async def streams_load(ctx: Context, env: dict[str, str], inflight: int, cpu_of: dict[str, int]) -> Load:
-    """(a) Submit with EventWriter.submit (as the API does), read the job's event stream until ``done``."""
+    """(a) Submit with JobQueue.submit (as the API does), read the job's event stream until ``done``."""
     warmup, measure = _windows(ctx)
     client = StreamClient(settings_of(env))
     try:

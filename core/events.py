@@ -1,13 +1,13 @@
-"""Writing job event streams and job records: the only module that XADDs to ``<p>:job:{id}``.
+"""Writing job event streams: the only module that spells an XADD to ``<p>:job:{id}``.
 
 Every XADD is trimmed (MAXLEN ~) and refreshes the stream's expiry in the same
-script, so an event stream can never outlive its TTL or grow without bound.
+script, so an event stream can never outlive its TTL or grow without bound. Scripts
+elsewhere that write an event (cancelling, in core.queue) are built on :func:`event_script`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
 from core.autopipeline import autopipeline
@@ -15,15 +15,12 @@ from core.keys import Keys
 from core.lua import script
 from core.protocol import (
     DATA_FIELD,
-    JOB_FIELD,
     TERMINAL,
     TYPE_FIELD,
     Cancelled,
     Event,
     EventKind,
-    Job,
     encode_event,
-    encode_job,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +49,7 @@ local TERMINAL = $TERMINAL
 # exactly one caller finishes the job and nothing lands after `done`. Answers 1 then, else 0.
 # KEYS: record, events. ARGV: added chunks (0 from the producer), total ('' unless
 # the producer is sealing), file, maxlen, ttl.
-_INGEST_PROGRESS = _ADD_EVENT + """
+_INGEST_PROGRESS = """
 local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', tonumber(ARGV[1]))
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'chunks_total', ARGV[2]) end
 local total = redis.call('HGET', KEYS[1], 'chunks_total')
@@ -74,7 +71,7 @@ return 0
 # One event for a job: refused (nil) when the job was cancelled, and then the job's
 # `cancelled` event is written instead, once. KEYS: events, record, cancel flag.
 # ARGV: maxlen, ttl, type, data, 1 to honour the cancel flag, the cancelled event's data.
-_EMIT = _ADD_EVENT + """
+_EMIT = """
 local function emit(kind, data)
   local id = add(KEYS[1], kind, data, ARGV[1], tonumber(ARGV[2]))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
@@ -87,53 +84,16 @@ end
 return emit(ARGV[3], ARGV[4])
 """
 
-# Cancelling a job: answers a CancelResult (NOT_STARTED: the `cancelled` event is written here).
-# KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the cancelled event's data.
-_CANCEL = _ADD_EVENT + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return $UNKNOWN end
-local kind = last_kind(KEYS[1])
-if TERMINAL[kind] then return $FINISHED end
-redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[2]))
-if not kind then
-  add(KEYS[1], $CANCELLED, ARGV[3], ARGV[1], tonumber(ARGV[2]))
-  return $NOT_STARTED
-end
-return $RUNNING
-"""
-
-# Enqueueing a job unless the stream already holds ``max`` (0: no limit): the check and the
-# XADD in one step, so a burst cannot overshoot the limit. KEYS: stream. ARGV: max, job.
-# Answers ENQUEUED when added, else the stream's length.
-_ENQUEUE = """
-local n = redis.call('XLEN', KEYS[1])
-if tonumber(ARGV[1]) > 0 and n >= tonumber(ARGV[1]) then return n end
-redis.call('XADD', KEYS[1], '*', $JOB, ARGV[2])
-return $ENQUEUED
-"""
+def event_script(body: str, **names: str | int) -> str:
+    """A Lua script that writes events: the append function, ``last_kind`` and ``TERMINAL`` first, then
+    ``body``, with the protocol's names put in (``$TYPE``, ``$DATA``, ``$PROGRESS``, ``$DONE``,
+    ``$CANCELLED``) and ``names``."""
+    return script(_ADD_EVENT + body, TYPE=TYPE_FIELD, DATA=DATA_FIELD, TERMINAL=TERMINAL,
+                  PROGRESS=EventKind.PROGRESS, DONE=EventKind.DONE, CANCELLED=EventKind.CANCELLED, **names)
 
 
-def _script(template: str) -> str:
-    return script(template, TYPE=TYPE_FIELD, DATA=DATA_FIELD, JOB=JOB_FIELD,
-                  TERMINAL=TERMINAL, PROGRESS=EventKind.PROGRESS, DONE=EventKind.DONE,
-                  CANCELLED=EventKind.CANCELLED, ENQUEUED=ENQUEUED,
-                  **{result.name: result for result in CancelResult})
-
-
-class CancelResult(IntEnum):
-    """What cancelling a job found (the cancel script's answer)."""
-
-    UNKNOWN = -1
-    FINISHED = 0
-    #: A worker has it: the cancel flag is set and published, and that worker stops it.
-    RUNNING = 1
-    #: No worker had started it: its `cancelled` event is written already.
-    NOT_STARTED = 2
-
-
-#: The enqueue script's answer when the job was added (otherwise: the stream's length, over the limit).
-ENQUEUED: Final = -1
-
-_CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))[DATA_FIELD]
+#: The data of the `cancelled` event a client's cancel writes.
+CANCELLED_BY_CLIENT: Final = encode_event(Cancelled(reason="cancelled by the client"))[DATA_FIELD]
 
 
 class JobCancelled(Exception):
@@ -141,7 +101,7 @@ class JobCancelled(Exception):
 
 
 class EventWriter:
-    """Appends events to job event streams and creates job records."""
+    """Appends events to job event streams."""
 
     def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
         self._redis = redis
@@ -150,10 +110,8 @@ class EventWriter:
         self._keys = keys
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
-        self._progress = redis.register_script(_script(_INGEST_PROGRESS))
-        self._emit = redis.register_script(_script(_EMIT))
-        self._cancel = redis.register_script(_script(_CANCEL))
-        self._enqueue = redis.register_script(_script(_ENQUEUE))
+        self._progress = redis.register_script(event_script(_INGEST_PROGRESS))
+        self._emit = redis.register_script(event_script(_EMIT))
 
     @property
     def redis(self) -> Redis:
@@ -163,9 +121,6 @@ class EventWriter:
     @property
     def keys(self) -> Keys:
         return self._keys
-
-    def _job_keys(self, job_id: str) -> list[str]:
-        return [self._keys.events(job_id), self._keys.record(job_id), self._keys.cancel(job_id)]
 
     async def emit(self, job_id: str, event: Event, *, unless_cancelled: bool = True) -> bytes:
         """XADD one event; returns its entry id (the SSE ``id:``).
@@ -189,8 +144,8 @@ class EventWriter:
         fields = encode_event(event)
         return self._pipe.send_script(
             self._emit,
-            self._job_keys(job_id),
-            [self._maxlen, self._ttl, fields[TYPE_FIELD], fields[DATA_FIELD], int(unless_cancelled), _CANCELLED],
+            self._keys.job_keys(job_id),
+            [self._maxlen, self._ttl, fields[TYPE_FIELD], fields[DATA_FIELD], int(unless_cancelled), CANCELLED_BY_CLIENT],
         )
 
     async def last_event_ms(self, job_id: str) -> int | None:
@@ -207,39 +162,6 @@ class EventWriter:
             await self.emit(job_id, Cancelled(), unless_cancelled=True)
         except JobCancelled:
             return
-
-    async def cancel(self, job_id: str) -> CancelResult:
-        """Set the job's cancel flag; a running job's worker is told at once."""
-        result = CancelResult(int(await self._pipe.script(
-            self._cancel, self._job_keys(job_id), [self._maxlen, self._ttl, _CANCELLED])))
-        if result is CancelResult.RUNNING:
-            await self._redis.publish(self._keys.cancels, job_id)
-        return result
-
-    async def submit(self, job: Job, stream: str, record: dict[str, str | int], *,
-                     max_backlog: int = 0) -> int | None:
-        """Create the job's record, then enqueue it, in one round trip; the record makes the job
-        id known at once. With ``max_backlog``, a stream already that long refuses the job (its
-        record is deleted): returns that length; None when the job was enqueued."""
-        record = {"kind": job.kind, "created_ms": job.created_ms, **record}
-        futures = [self._pipe.send(*command) for command in self._record(job.id, record)]
-        futures.append(self._pipe.send_script(self._enqueue, [stream], [max_backlog, encode_job(job)]))
-        *_, backlog = await asyncio.gather(*futures)
-        if int(backlog) == ENQUEUED:
-            return None
-        await self._pipe.execute_command("DEL", self._keys.record(job.id))
-        return int(backlog)
-
-    async def create_record(self, job_id: str, record: dict[str, str | int]) -> None:
-        await self._pipe.many(*self._record(job_id, record))
-
-    def _record(self, job_id: str, record: dict[str, str | int]) -> list[tuple[object, ...]]:
-        key = self._keys.record(job_id)
-        fields = [item for pair in record.items() for item in pair]
-        return [("HSET", key, *fields), ("EXPIRE", key, self._ttl)]
-
-    async def enqueue(self, job: Job, stream: str) -> None:
-        await self._pipe.execute_command("XADD", stream, "*", JOB_FIELD, encode_job(job))
 
     async def ingest_progress(self, job_id: str, chunks: int, file: str) -> bool:
         """Count ``chunks`` as indexed; True when this call finished the job."""

@@ -36,6 +36,7 @@ from core.protocol import (
     now_ms,
     read_event,
 )
+from core.queue import JobQueue
 from ingest.chunker import TokenCounter
 from ingest.errors import FileNotFound, IngestError, NoText
 from ingest.parse import ParseStats, parse
@@ -123,6 +124,7 @@ class Producer:
         self._settings = settings
         self._keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self._keys, settings.limits)
+        self._queue = JobQueue(redis, self._keys, settings.limits)
         self.registry = DocumentRegistry(redis, self._keys)
         self._collection = collection or DEFAULT_COLLECTION
         self._force = force
@@ -180,7 +182,7 @@ class Producer:
 
     async def open_job(self, job_id: str, files: int) -> None:
         """Create the ingest job's record: its id is known (and its events readable) from now on."""
-        await self._events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
+        await self._queue.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
 
     async def _send_file(self, item: IngestFile, state: RunState,
                          on_update: Callable[[RunState, FileResult | None], None]) -> FileResult:
@@ -240,7 +242,7 @@ class Producer:
         await self.registry.fail(collection, doc_id, error.code, error.message)
         if staged:
             # Whatever was sent of a failed new version is garbage: the workers drop it.
-            await self._events.enqueue(new_job(DeleteDocument(
+            await self._queue.enqueue(new_job(DeleteDocument(
                 document_id=doc_id, collection=collection, forget=False, report=False)), self._keys.ingest)
 
     async def _send_chunks(self, reader: PdfReader, document: Document, staged: bool, stats: ParseStats,
@@ -274,7 +276,7 @@ class Producer:
                 chunks_total=sent + len(batch) if last else None,
                 staged=staged,
             )
-            await self._events.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
+            await self._queue.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
             seq += 1
             sent += len(batch)
             state.chunks_sent += len(batch)
@@ -310,7 +312,7 @@ class Producer:
             return None
         job = new_job(DeleteDocument(document_id=document_id, collection=self._collection))
         await self.registry.update(self._collection, document_id, status="deleting")
-        await self._events.submit(job, self._keys.ingest, {"document_id": document_id,
+        await self._queue.submit(job, self._keys.ingest, {"document_id": document_id,
                                                            "collection": self._collection})
         return job.id
 

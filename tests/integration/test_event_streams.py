@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Done, Token, decode_event
+from core.queue import JobQueue
 from core.settings import LimitSettings
 
 
@@ -27,7 +28,7 @@ async def test_every_event_is_trimmed_and_expires(redis: Redis, prefix: str) -> 
 async def test_ingest_finishes_exactly_once(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     writer = EventWriter(redis, keys, LimitSettings())
-    await writer.create_record("ing", {"kind": "ingest"})
+    await JobQueue(redis, keys, LimitSettings()).create_record("ing", {"kind": "ingest"})
     # 20 batches of 5 chunks indexed concurrently while the producer seals at 100.
     results = await asyncio.gather(
         *(writer.ingest_progress("ing", 5, "a.pdf") for _ in range(10)),
@@ -54,7 +55,7 @@ async def test_submit_refuses_a_job_past_the_backlog_and_leaves_no_record(redis:
     from core.protocol import Query, new_job
 
     keys = Keys(prefix)
-    events = EventWriter(redis, keys, LimitSettings())
+    events = JobQueue(redis, keys, LimitSettings())
     jobs = [new_job(Query(question=f"q{i}")) for i in range(5)]
     # Submitted together (one round trip): the check and the XADD are one step, so no overshoot.
     results = await asyncio.gather(*(events.submit(job, keys.queries, {"question": "q"}, max_backlog=3)
@@ -69,7 +70,8 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
 
     keys = Keys(prefix)
     writer = EventWriter(redis, keys, LimitSettings())
-    await writer.create_record("j", {"kind": "query"})
+    queue = JobQueue(redis, keys, LimitSettings())
+    await queue.create_record("j", {"kind": "query"})
     events = writer.job("j")
     # Emitted without waiting for each reply: written in order all the same.
     for i in range(50):
@@ -79,7 +81,7 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
     assert [decode_event(f[b"data"]) for _, f in entries] == [Token(text=f"t{i}") for i in range(50)]
 
     # Cancelled with writes in flight: one `cancelled` event, nothing after it, and the writer is told.
-    assert await writer.cancel("j") == 1
+    assert await queue.cancel("j") == 1
     raised = False
     try:
         await events.emit(Token(text="late"))

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, new_job
+from core.queue import JobQueue
 from core.redis import connect
 from ingest.producer import FileResult, Producer, RunState
 from tests import ingest_pdfs as make
@@ -47,7 +47,7 @@ async def search(settings, question: str, collection: str | None = None) -> list
     keys = Keys(settings.redis.prefix)
     job = new_job(Query(question=question, top_k=10, collection=collection))
     try:
-        await EventWriter(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
+        await JobQueue(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
         for _ in range(400):
             entries = await redis.xrange(keys.events(job.id))
             for _, fields in entries:
@@ -176,7 +176,7 @@ async def test_cancelling_the_ingest_job_stops_it(settings, tmp_path: Path) -> N
     pdf = make.many_pages(tmp_path / "long.pdf", 10)
     redis = connect(settings.redis)
     keys = Keys(settings.redis.prefix)
-    events = EventWriter(redis, keys, settings.limits)
+    events = JobQueue(redis, keys, settings.limits)
     cancelled = False
 
     def on_update(state: RunState, _: FileResult | None) -> None:

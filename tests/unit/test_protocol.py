@@ -3,7 +3,6 @@ import json
 import msgspec
 import pytest
 
-from core.events import CancelResult
 from core.keys import Keys, valid_job_id
 from core.lua import script
 from core.protocol import (
@@ -35,6 +34,7 @@ from core.protocol import (
     read_event,
     read_job,
 )
+from core.queue import CancelResult
 
 SOURCE = Source(n=1, file="a.pdf", page=2, page_end=3, score=0.91, snippet="text", document_id="doc", chunk_id="c1")
 
