@@ -15,9 +15,9 @@ from redis.exceptions import RedisError
 from app.dead import DeadLetterController
 from app.documents import DocumentController, fail_interrupted_uploads
 from app.errors import EXCEPTION_HANDLERS
-from app.hub import EventHub
 from app.jobs import Jobs
 from app.routes import QueryController, healthz, readyz
+from core.hub import EventHub
 from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, load_settings

@@ -7,14 +7,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from app.hub import entry_key
+from core.hub import entry_key
 from core.protocol import read_event
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
     from redis.asyncio import Redis
 
-    from app.hub import EventHub
+    from core.hub import EventHub
 
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aredis
 
-from app.hub import EventHub
 from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
+from core.hub import EventHub
 from core.keys import Keys
 from core.protocol import Query, Retrieval, new_job
 from core.queue import JobQueue

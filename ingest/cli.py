@@ -25,6 +25,7 @@ from core.logs import configure_logging
 from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTION
 from core.redis import connect
 from core.settings import Settings, load_or_exit
+from ingest.errors import IngestError
 from ingest.producer import FileResult, Producer, RunState, expand
 
 
@@ -177,26 +178,29 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
         await redis.ping()
         producer = Producer(redis, settings, collection=collection)
         for target in targets:
-            document_id = await producer.resolve(target)
-            points = await producer.delete(document_id) if document_id else None
-            record: dict[str, Any]
-            if points is None:
-                failed += 1
-                record = {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",
-                          "message": f"no document {target!r} in collection "
-                                     f"{collection or DEFAULT_COLLECTION!r}"}
-            else:
-                record = {"event": "delete", "target": target, "status": "deleted", "document_id": document_id,
-                          "chunks": points}
+            record = await _delete_one(producer, target, collection)
+            failed += record["status"] == "failed"
             if as_json:
                 _print_json(record)
             elif record["status"] == "deleted":
-                console.print(f"deleted {document_id} ({target}): {points} chunks")
+                console.print(f"deleted {record['document_id']} ({target}): {record['chunks']} chunks")
             else:
                 console.print(f"[red]failed[/] {target}: {record['code']}: {record['message']}")
     finally:
         await redis.aclose()
     return 1 if failed else 0
+
+
+async def _delete_one(producer: Producer, target: str, collection: str | None) -> dict[str, Any]:
+    document_id = await producer.resolve(target)
+    try:
+        points = await producer.delete(document_id) if document_id else None
+    except IngestError as exc:
+        return {"event": "delete", "target": target, "status": "failed", "code": exc.code, "message": exc.message}
+    if points is None:
+        return {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",
+                "message": f"no document {target!r} in collection {collection or DEFAULT_COLLECTION!r}"}
+    return {"event": "delete", "target": target, "status": "deleted", "document_id": document_id, "chunks": points}
 
 
 async def _list(settings: Settings, collection: str | None, as_json: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,6 +20,7 @@ from msgspec import Struct
 
 from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
+from core.hub import EventHub, HubClosed, own_hub
 from core.keys import Keys
 from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
@@ -26,15 +28,14 @@ from core.protocol import (
     DeleteDocument,
     Document,
     DocumentEvent,
+    Done,
     Error,
-    EventKind,
     IngestBatch,
     Progress,
     chunk_id,
     new_id,
     new_job,
     now_ms,
-    read_event,
 )
 from core.queue import JobQueue
 from ingest.chunker import TokenCounter
@@ -144,7 +145,13 @@ class Producer:
         if self._counter is None:
             self._counter = await asyncio.to_thread(TokenCounter.minilm)
         state.pages_total = await asyncio.to_thread(count_pages, [i.path for i in items])
-        follower = asyncio.create_task(self._follow(state, on_update))
+        async with own_hub(self._redis) as hub:
+            return await self._send_all(items, state, on_update, hub, fail_job=fail_job)
+
+    async def _send_all(self, items: list[IngestFile], state: RunState,
+                        on_update: Callable[[RunState, FileResult | None], None], hub: EventHub, *,
+                        fail_job: bool) -> list[FileResult]:
+        follower = asyncio.create_task(self._follow(state, on_update, hub))
         results: list[FileResult] = []
         try:
             for item in items:
@@ -293,18 +300,19 @@ class Producer:
         job_id = await self.request_delete(document_id)
         if job_id is None:
             return None
-        key = self._keys.events(job_id)
-        cursor = b"0-0"
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            reply = await self._redis.xread({key: cursor}, count=100, block=1000)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    entry = read_event(entry_id, fields)
-                    if entry.kind == EventKind.DONE:
-                        return int(getattr(entry.event(), "chunks", 0))
-        raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s")
+        try:
+            async with own_hub(self._redis) as hub, aclosing(hub.follow(self._keys.events(job_id))) as entries:
+                async with asyncio.timeout(timeout_s):
+                    async for entry in entries:
+                        event = entry.event()
+                        if isinstance(event, Done):
+                            return event.chunks
+                        if entry.terminal:
+                            raise IngestError(f"deleting document {document_id} failed: "
+                                              f"{getattr(event, 'message', entry.kind)}", code="delete_failed")
+        except TimeoutError:
+            raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s") from None
+        raise HubClosed(f"stopped waiting for the deletion of document {document_id}")
 
     async def request_delete(self, document_id: str) -> str | None:
         """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown)."""
@@ -332,25 +340,19 @@ class Producer:
         while state.chunks_sent - state.chunks_indexed >= self._window and not state.finished:
             await asyncio.sleep(0.05)
 
-    async def _follow(self, state: RunState, on_update: Callable[[RunState, FileResult | None], None]) -> None:
-        cursor = b"0-0"
-        key = self._keys.events(state.job_id)
-        while True:
-            reply = await self._redis.xread({key: cursor}, count=100, block=1000)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    entry = read_event(entry_id, fields)
-                    event = entry.event()
-                    if isinstance(event, Progress):
-                        state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
-                    elif entry.terminal:
-                        if entry.kind != EventKind.DONE:
-                            state.error = getattr(event, "message", entry.kind)
-                        state.finished = True
-                    on_update(state, None)
-                    if state.finished:
-                        return
+    async def _follow(self, state: RunState, on_update: Callable[[RunState, FileResult | None], None],
+                      hub: EventHub) -> None:
+        """The job's progress, as the workers report it, into ``state``, until the job ends."""
+        async with aclosing(hub.follow(self._keys.events(state.job_id))) as entries:
+            async for entry in entries:
+                event = entry.event()
+                if isinstance(event, Progress):
+                    state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
+                elif entry.terminal:
+                    if not isinstance(event, Done):
+                        state.error = getattr(event, "message", entry.kind)
+                    state.finished = True
+                on_update(state, None)
 
 
 def _pages(numbers: list[int]) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
+import pytest
 from redis.asyncio import Redis
 
+from core import hub as hub_module
 from core.events import EventWriter
+from core.hub import HubClosed, own_hub
 from core.keys import Keys
 from core.protocol import Done, Token, decode_event
 from core.queue import JobQueue
@@ -92,3 +96,26 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
     assert raised
     kinds = [f[b"type"] for _, f in await redis.xrange(keys.events("j"))]
     assert kinds[50:] == [b"cancelled"]
+
+
+async def test_a_follower_that_falls_behind_picks_up_where_it_was(redis: Redis, prefix: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "MAX_QUEUED", 5)  # the hub drops a subscriber 5 events behind
+    keys = Keys(prefix)
+    writer = EventWriter(redis, keys, LimitSettings())
+    for i in range(20):
+        await writer.emit("j", Token(text=f"t{i}"))
+    await writer.emit("j", Done(answer="a"))
+    async with own_hub(redis) as hub, aclosing(hub.follow(keys.events("j"))) as entries:
+        got = [entry.event() async for entry in entries]
+    assert got == [Token(text=f"t{i}") for i in range(20)] + [Done(answer="a")]
+
+
+async def test_a_follower_is_told_when_its_hub_stops(redis: Redis, prefix: str) -> None:
+    async with own_hub(redis) as hub:
+        entries = hub.follow(Keys(prefix).events("silent"))
+        waiting = asyncio.ensure_future(anext(entries))
+        await asyncio.sleep(0.05)
+        await hub.stop()
+        with pytest.raises(HubClosed):
+            await waiting

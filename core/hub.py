@@ -1,7 +1,9 @@
-"""One XREAD over every job stream this API process relays, fanned out to per-request queues.
+"""Following job event streams: one blocking XREAD over every followed stream, fanned out to subscribers.
 
-Open SSE streams therefore hold no Redis connection of their own: the hub has one
-dedicated connection for its blocking XREAD, and a new subscriber wakes it with
+The one follower of event streams: the API relays every SSE stream through one hub, and the
+ingest producer follows its job's progress (and a deletion) through a hub of its own
+(:func:`own_hub`). Open streams therefore hold no Redis connection of their own: the hub has
+one dedicated connection for its blocking XREAD, and a new subscriber wakes it with
 CLIENT UNBLOCK so the next XREAD includes the new stream at once.
 """
 
@@ -9,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.autopipeline import TickBatch, autopipeline
 from core.protocol import EventEntry, read_event
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-log = structlog.get_logger("app.hub")
+log = structlog.get_logger("core.hub")
 
 #: An event as relayed: (entry id, type, JSON data).
 Item = EventEntry
@@ -34,6 +34,10 @@ def entry_key(entry_id: bytes | str) -> tuple[int, int]:
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = raw.partition("-")
     return int(ms), int(seq or 0)
+
+
+class HubClosed(ConnectionError):
+    """The hub shut down (the process is stopping) before the followed stream ended."""
 
 
 class Subscription:
@@ -76,6 +80,24 @@ class EventHub:
         self._changed.set()
         await self._wake()
         return sub
+
+    async def follow(self, key: str, after: str = "0-0") -> AsyncGenerator[EventEntry, None]:
+        """The stream's entries after ``after``, up to and with its terminal one (close the generator
+        when leaving early: ``contextlib.aclosing``). A subscriber that fell too far behind is dropped
+        by the hub; this one picks up again where it was. Raises HubClosed if the hub stops first."""
+        cursor = after
+        while True:
+            sub = await self.subscribe(key, cursor)
+            try:
+                while (entry := await sub.queue.get()) is not None:
+                    cursor = entry.id
+                    yield entry
+                    if entry.terminal:
+                        return
+            finally:
+                self.unsubscribe(sub)
+            if self._closed:
+                raise HubClosed(f"stopped following {key}")
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.key)
@@ -153,3 +175,17 @@ class EventHub:
                     sub.queue.put_nowait(None)
                     self.unsubscribe(sub)
                     break
+
+
+@contextlib.asynccontextmanager
+async def own_hub(redis: Redis) -> AsyncIterator[EventHub]:
+    """A hub of its own, for a run that follows a few streams: its reader holds one connection of
+    ``redis``'s pool while it is open."""
+    reader = Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+    hub = EventHub(redis, reader)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await reader.aclose()
