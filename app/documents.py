@@ -40,6 +40,7 @@ from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTI
 from core.protocol import UPLOAD_INTERRUPTED, Error, new_id
 from core.settings import Settings
 from ingest.chunker import TokenCounter
+from ingest.documents import Documents
 from ingest.producer import IngestFile, Producer
 
 log = structlog.get_logger("app.documents")
@@ -219,8 +220,7 @@ class DocumentController(Controller):
     ) -> DocumentList:
         jobs = _jobs(state)
         wanted = _collection(collection) if collection else None
-        producer = Producer(jobs.redis, jobs.settings, counter=None)
-        return DocumentList(documents=[view(r) for r in await producer.registry.documents(wanted)])
+        return DocumentList(documents=[view(r) for r in await Documents(jobs.redis, jobs.settings).all(wanted)])
 
     @get("/{document_id:str}", summary="One document (in every collection that holds it)", responses=documented(404))
     async def get_document(
@@ -228,7 +228,7 @@ class DocumentController(Controller):
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
     ) -> DocumentList:
         jobs = _jobs(state)
-        found = await Producer(jobs.redis, jobs.settings).registry.find(
+        found = await Documents(jobs.redis, jobs.settings).find(
             document_id, _collection(collection) if collection else None)
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r}")
@@ -242,15 +242,15 @@ class DocumentController(Controller):
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
     ) -> Response[DeleteAccepted]:
         jobs = _jobs(state)
-        registry = Producer(jobs.redis, jobs.settings).registry
-        found = await registry.find(document_id, _collection(collection) if collection else None)
+        documents = Documents(jobs.redis, jobs.settings)
+        found = await documents.find(document_id, _collection(collection) if collection else None)
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         if len(found) > 1:
             raise BadRequest(f"document {document_id} is in several collections "
                              f"({', '.join(r.collection for r in found)}): add ?collection=", code="ambiguous_document")
         record = found[0]
-        job_id = await Producer(jobs.redis, jobs.settings, collection=record.collection).request_delete(document_id)
+        job_id = await documents.request_delete(document_id, record.collection)
         if job_id is None:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         return Response(
@@ -280,10 +280,10 @@ async def fail_interrupted_uploads(redis: Redis, settings: Settings) -> list[str
         job_id, (collection, holder) = raw_job.decode(), raw.decode().split("|", 1)
         if not holder_gone(holder):
             continue
-        producer = Producer(redis, settings, collection=collection)
-        for record in await producer.registry.documents(collection):
+        registry = Documents(redis, settings).registry
+        for record in await registry.documents(collection):
             if record.job_id == job_id and record.status == "indexing":
-                await producer.registry.fail(collection, record.id, UPLOAD_INTERRUPTED, "the API restarted mid-upload")
+                await registry.fail(collection, record.id, UPLOAD_INTERRUPTED, "the API restarted mid-upload")
         await EventWriter(redis, keys, settings.limits).emit(job_id, Error(code=UPLOAD_INTERRUPTED, message=(
             "the API process reading this upload stopped before it was indexed: upload the file again "
             "(nothing is duplicated)")), unless_cancelled=False)

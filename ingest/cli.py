@@ -25,6 +25,7 @@ from core.logs import configure_logging
 from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTION
 from core.redis import connect
 from core.settings import Settings, load_or_exit
+from ingest.documents import Documents
 from ingest.errors import IngestError
 from ingest.producer import FileResult, Producer, RunState, expand
 
@@ -143,7 +144,7 @@ async def _reindex(settings: Settings, collection: str | None, as_json: bool) ->
     """Every registered document again, from its source file, per collection; a source that is gone fails."""
     redis = connect(settings.redis)
     try:
-        records = await Producer(redis, settings).registry.documents(collection)
+        records = await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
     by_collection: dict[str, list[Path]] = {}
@@ -176,9 +177,9 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
     failed = 0
     try:
         await redis.ping()
-        producer = Producer(redis, settings, collection=collection)
+        documents = Documents(redis, settings)
         for target in targets:
-            record = await _delete_one(producer, target, collection)
+            record = await _delete_one(documents, target, collection)
             failed += record["status"] == "failed"
             if as_json:
                 _print_json(record)
@@ -191,10 +192,10 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
     return 1 if failed else 0
 
 
-async def _delete_one(producer: Producer, target: str, collection: str | None) -> dict[str, Any]:
-    document_id = await producer.resolve(target)
+async def _delete_one(documents: Documents, target: str, collection: str | None) -> dict[str, Any]:
+    document_id = await documents.resolve(target, collection)
     try:
-        points = await producer.delete(document_id) if document_id else None
+        points = await documents.delete(document_id, collection) if document_id else None
     except IngestError as exc:
         return {"event": "delete", "target": target, "status": "failed", "code": exc.code, "message": exc.message}
     if points is None:
@@ -206,7 +207,7 @@ async def _delete_one(producer: Producer, target: str, collection: str | None) -
 async def _list(settings: Settings, collection: str | None, as_json: bool) -> int:
     redis = connect(settings.redis)
     try:
-        records = await Producer(redis, settings).registry.documents(collection)
+        records = await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
     if as_json:

@@ -1,5 +1,7 @@
 """Sending PDFs to the workers: parse, chunk, XADD chunk batches, and follow the job's progress.
 
+Administering what is indexed (listing, deleting) is :mod:`ingest.documents`.
+
 The CLI and the API's upload endpoint share this code. Only a bounded window of
 chunks is ever sent but not yet indexed (backpressure), so Redis never holds a
 whole library of un-embedded text; parsing runs a batch at a time in a thread, and
@@ -20,7 +22,7 @@ from msgspec import Struct
 
 from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
-from core.hub import EventHub, HubClosed, own_hub
+from core.hub import EventHub, own_hub
 from core.keys import Keys
 from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
@@ -126,7 +128,7 @@ class Producer:
         self._keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self._keys, settings.limits)
         self._queue = JobQueue(redis, self._keys, settings.limits)
-        self.registry = DocumentRegistry(redis, self._keys)
+        self._registry = DocumentRegistry(redis, self._keys)
         self._collection = collection or DEFAULT_COLLECTION
         self._force = force
         self._window = window_chunks or settings.ingest.window_chunks
@@ -204,11 +206,11 @@ class Producer:
         except IngestError as exc:
             return FileResult(path=str(item.path), status="failed", code=exc.code, message=exc.message)
         with reader:
-            existing = await self.registry.get(collection, doc_id)
+            existing = await self._registry.get(collection, doc_id)
             if existing is not None and existing.status == "ready" and not self._force:
                 return FileResult(path=str(item.path), status="unchanged", document_id=doc_id, pages=existing.pages,
                                   chunks=existing.chunks, message="already indexed, unchanged (--force re-indexes)")
-            previous = await self.registry.by_source(collection, item.source)
+            previous = await self._registry.by_source(collection, item.source)
             # A new version goes to the staging area and replaces the old one when complete;
             # a forced re-index of a ready document overwrites its own points in place.
             staged = existing is None or existing.status != "ready"
@@ -218,7 +220,7 @@ class Producer:
                 replaces=previous if previous and previous != doc_id else "",
                 created_ms=existing.created_ms if existing else 0,
             )
-            await self.registry.start(record)
+            await self._registry.start(record)
             await self._events.emit(state.job_id, DocumentEvent(
                 status="indexing", file=item.name, document_id=doc_id, pages=reader.pages,
             ), unless_cancelled=False)
@@ -237,7 +239,7 @@ class Producer:
                 state.pages = pages_before + reader.pages
                 return FileResult(path=str(item.path), status="failed", document_id=doc_id, pages=reader.pages,
                                   skipped_pages=stats.skipped_pages, code=error.code, message=error.message)
-            await self.registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
+            await self._registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
                                        ocr_pages=len(stats.ocr_pages))
             skipped = (f"{len(stats.skipped_pages)} page(s) without a text layer skipped (install tesseract-ocr to "
                        f"OCR them): {_pages(stats.skipped_pages)}") if stats.skipped_pages else None
@@ -246,7 +248,7 @@ class Producer:
                               nav_pages=stats.nav_pages, message=skipped)
 
     async def _abandon(self, collection: str, doc_id: str, staged: bool, error: IngestError) -> None:
-        await self.registry.fail(collection, doc_id, error.code, error.message)
+        await self._registry.fail(collection, doc_id, error.code, error.message)
         if staged:
             # Whatever was sent of a failed new version is garbage: the workers drop it.
             await self._queue.enqueue(new_job(DeleteDocument(
@@ -291,50 +293,6 @@ class Producer:
             on_update(state, None)
             batch = following
         return sent
-
-    async def delete(self, document_id: str, *, timeout_s: float = 60.0) -> int | None:
-        """Delete a document through the workers and wait for it; the number of points removed.
-
-        None when the registry does not know it (in this collection).
-        """
-        job_id = await self.request_delete(document_id)
-        if job_id is None:
-            return None
-        try:
-            async with own_hub(self._redis) as hub, aclosing(hub.follow(self._keys.events(job_id))) as entries:
-                async with asyncio.timeout(timeout_s):
-                    async for entry in entries:
-                        event = entry.event()
-                        if isinstance(event, Done):
-                            return event.chunks
-                        if entry.terminal:
-                            raise IngestError(f"deleting document {document_id} failed: "
-                                              f"{getattr(event, 'message', entry.kind)}", code="delete_failed")
-        except TimeoutError:
-            raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s") from None
-        raise HubClosed(f"stopped waiting for the deletion of document {document_id}")
-
-    async def request_delete(self, document_id: str) -> str | None:
-        """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown)."""
-        if await self.registry.get(self._collection, document_id) is None:
-            return None
-        job = new_job(DeleteDocument(document_id=document_id, collection=self._collection))
-        await self.registry.update(self._collection, document_id, status="deleting")
-        await self._queue.submit(job, self._keys.ingest, {"document_id": document_id,
-                                                           "collection": self._collection})
-        return job.id
-
-    async def resolve(self, id_or_path: str) -> str | None:
-        """A document id from an id, or from a path: the source it was indexed from, else its content hash."""
-        if await self.registry.get(self._collection, id_or_path) is not None:
-            return id_or_path
-        path = Path(id_or_path)
-        found = await self.registry.by_source(self._collection, str(path.resolve()))
-        if found:
-            return found
-        if path.is_file():
-            return await asyncio.to_thread(document_id, path)
-        return None
 
     async def _wait_for_window(self, state: RunState) -> None:
         while state.chunks_sent - state.chunks_indexed >= self._window and not state.finished:

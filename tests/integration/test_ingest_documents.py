@@ -13,6 +13,7 @@ from core.keys import Keys
 from core.protocol import Query, new_job
 from core.queue import JobQueue
 from core.redis import connect
+from ingest.documents import Documents
 from ingest.producer import FileResult, Producer, RunState
 from tests import ingest_pdfs as make
 from tests.conftest import make_settings
@@ -62,7 +63,7 @@ async def search(settings, question: str, collection: str | None = None) -> list
 async def documents(settings, collection: str | None = None):  # type: ignore[no-untyped-def]
     redis = connect(settings.redis)
     try:
-        return await Producer(redis, settings).registry.documents(collection)
+        return await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
 
@@ -101,10 +102,10 @@ async def test_reingest_replace_force_and_delete(settings, tmp_path: Path) -> No
 
         redis = connect(settings.redis)
         try:
-            producer = Producer(redis, settings)
-            assert await producer.resolve(str(pdf)) == second.document_id
-            assert await producer.delete(second.document_id) == second.chunks
-            assert await producer.delete(second.document_id) is None
+            service = Documents(redis, settings)
+            assert await service.resolve(str(pdf)) == second.document_id
+            assert await service.delete(second.document_id) == second.chunks
+            assert await service.delete(second.document_id) is None
         finally:
             await redis.aclose()
         assert await documents(settings) == []
@@ -122,7 +123,7 @@ async def test_collections_isolate_documents(settings, tmp_path: Path) -> None: 
         assert await search(settings, "Zephyr turbine") == []  # the default collection is empty
         redis = connect(settings.redis)
         try:
-            assert await Producer(redis, settings, collection="a").delete(a.document_id) == a.chunks
+            assert await Documents(redis, settings).delete(a.document_id, "a") == a.chunks
         finally:
             await redis.aclose()
         assert [d.collection for d in await documents(settings)] == ["b"]
@@ -192,7 +193,7 @@ async def test_cancelling_the_ingest_job_stops_it(settings, tmp_path: Path) -> N
             assert [(r.status, r.code) for r in results] == [("failed", "cancelled"), ("failed", "cancelled")]
             last = await redis.xrevrange(keys.events("cancelme"), count=1)
             assert last[0][1][b"type"] == b"cancelled"
-            [doc] = await Producer(redis, settings).registry.documents()
+            [doc] = await Documents(redis, settings).all()
             assert (doc.status, doc.error_code) == ("failed", "cancelled")
             for _ in range(100):  # the workers drop what was sent of it
                 if not await search(settings, "tidal turbine energy"):
