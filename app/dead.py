@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from msgspec import Struct
@@ -46,16 +46,14 @@ class DeadLetterController(Controller):
 
     @get("/", summary="Jobs that failed for good, newest first", responses=documented())
     async def list_dead(
-        self, state: State, count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+        self, jobs: NamedDependency[Jobs], count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
     ) -> list[DeadJob]:
-        jobs: Jobs = state.jobs
         entries = await jobs.redis.xrevrange(jobs.keys.dead, count=count)
         return [view(entry_id.decode(), DeadLetter.read(fields)) for entry_id, fields in entries]
 
     @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again",
           responses=documented(404))
-    async def requeue(self, state: State, entry_id: FromPath[str]) -> Response[Any]:
-        jobs: Jobs = state.jobs
+    async def requeue(self, jobs: NamedDependency[Jobs], entry_id: FromPath[str]) -> Response[Any]:
         if not valid_entry_id(entry_id):
             raise BadRequest(f"{entry_id!r} is not a dead-letter entry id", code="invalid_entry_id")
         job_id = await jobs.requeue_dead(entry_id)

@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import Struct
 
+from core.errors import BadRequest
 from core.text import starts_with_heading
 
 #: The collection of a question or an upload that names none.
@@ -19,6 +20,15 @@ DEFAULT_COLLECTION: Final = "default"
 #: What a collection may be called (ingest and the API check it; see staging()).
 COLLECTION_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 COLLECTION_NAME_RULE: Final = "1 to 64 letters, digits, '_' or '-'"
+
+
+def collection_name(value: str | None) -> str:
+    """The collection a request names, the default when it names none; BadRequest for a name not allowed."""
+    if not value:
+        return DEFAULT_COLLECTION
+    if not COLLECTION_NAME.fullmatch(value):
+        raise BadRequest(f"collection: {COLLECTION_NAME_RULE}", code="invalid_collection")
+    return value
 
 #: Payload keys that searches, publishing and deleting filter on (each has a payload index).
 COLLECTION: Final = "collection"
