@@ -22,7 +22,7 @@ from app.uploads import Uploads
 from core.hub import EventHub
 from core.logs import configure_logging
 from core.redis import connect
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_or_exit
 from ingest.documents import Documents
 
 log = structlog.get_logger("app")
@@ -97,7 +97,7 @@ class Services:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
-    settings = settings or load_settings()
+    settings = settings or load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     services = services or Services(settings)
     return Litestar(
