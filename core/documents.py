@@ -117,7 +117,7 @@ class DocumentRegistry:
     async def update(self, collection: str, document_id: str, **fields: str | int) -> None:
         key = self._keys.document(collection, document_id)
         if await self._redis.exists(key):
-            await self._redis.hset(key, mapping={**fields, "updated_ms": now_ms()})  # type: ignore[arg-type]
+            await self._redis.hset(key, mapping={**fields, "updated_ms": now_ms()})
             if fields.get("status", "indexing") != "indexing":
                 await self._redis.hdel(self._keys.indexing(collection), document_id)
 

@@ -130,7 +130,7 @@ class EventWriter:
         entry_id = await self._send(job_id, event, unless_cancelled)
         if entry_id is None:
             raise JobCancelled(job_id)
-        return entry_id  # type: ignore[no-any-return]
+        return entry_id
 
     def job(self, job_id: str) -> JobEvents:
         """A writer for one job's events that does not wait for each reply (see JobEvents)."""

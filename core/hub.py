@@ -146,7 +146,7 @@ class EventHub:
                     self._reader_id = int(await self._reader.client_id())
                 self._changed.clear()
                 streams = {key: min((s.cursor for s in subs), key=entry_key) for key, subs in self._subs.items()}
-                reply = await self._reader.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
+                reply = await self._reader.xread(streams, count=500, block=self._block_ms)
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 # Keep every cursor: once Redis is back, nothing is lost or repeated.

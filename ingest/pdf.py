@@ -242,7 +242,7 @@ def _is_scan(page: pymupdf.Page) -> bool:
     """Images cover at least half the page: a scan (a blank page is just empty)."""
     area = abs(page.rect) or 1.0
     covered = sum(abs(pymupdf.Rect(info["bbox"]) & page.rect) for info in page.get_image_info())
-    return covered / area >= 0.5
+    return bool(covered / area >= 0.5)
 
 
 def _upright(blocks: list[Block], matrix: pymupdf.Matrix) -> list[Block]:

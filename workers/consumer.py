@@ -70,7 +70,7 @@ class Consumer:
 
     async def _xreadgroup(self, streams: dict[str, str], *, count: int, block: int | None) -> list:  # type: ignore[type-arg]
         try:
-            return await self._redis.xreadgroup(GROUP, self.name, streams, count=count, block=block) or []  # type: ignore[arg-type]
+            return await self._redis.xreadgroup(GROUP, self.name, streams, count=count, block=block) or []
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 await self.ensure_groups()

@@ -182,7 +182,8 @@ class OnnxEmbedder:
         )
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        unit: np.ndarray = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return unit
 
     async def aclose(self) -> None:
         return None
@@ -231,7 +232,8 @@ class OpenAIEmbedder:
             raise Unavailable(f"the embeddings endpoint sent {len(data)} embeddings for {len(texts)} texts",
                               code="embedder_unavailable")
         vectors = np.asarray([_floats(d.embedding) for d in data], dtype=np.float32)
-        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        unit: np.ndarray = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return unit
 
     def reserve(self) -> Reservation:
         return Reservation()  # the endpoint's capacity is not ours to schedule
