@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 #: A job's status by the kind of its last event: any other kind means it is running.
-_STATUS: dict[str, JobStatus] = {EventKind.DONE: "done", EventKind.ERROR: "failed", EventKind.CANCELLED: "cancelled"}
+_STATUS: dict[str, JobStatus] = {
+    EventKind.DONE: "done", EventKind.ERROR: "failed", EventKind.CANCELLED: "cancelled",
+}
 
 
 def links(job_id: str) -> Links:

@@ -16,7 +16,7 @@ import time
 
 from bench.corpus import chunk_texts
 from bench.harness import Context, Row, StreamClient, pct, service_env, settings_of, start_fake_openai, start_worker
-from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_id, new_job
+from core.protocol import ChunkIn, Document, EventKind, IngestBatch, chunk_id, new_id, new_job
 from tests.pdfs import FACTS, write_pdf
 
 QUESTIONS = ["What does the Zephyr turbine do?", "Where is marmalade made?", "What does Helios compile?",
@@ -26,7 +26,7 @@ QUESTIONS = ["What does the Zephyr turbine do?", "Where is marmalade made?", "Wh
 async def ttft(client: StreamClient, question: str) -> float:
     sent = time.perf_counter()
     job_id = await client.submit(question)
-    await client.until(job_id, stop=frozenset({"token", "error"}), timeout_s=120)
+    await client.until(job_id, stop=frozenset({EventKind.TOKEN, EventKind.ERROR}), timeout_s=120)
     elapsed = time.perf_counter() - sent
     await client.until(job_id, timeout_s=120)  # let it finish: one answer at a time
     return elapsed

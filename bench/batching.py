@@ -17,7 +17,7 @@ import time
 
 from bench.corpus import chunk_texts
 from bench.harness import Context, Row, StreamClient, closed_loop, ratio, service_env, settings_of, start_worker
-from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_id, new_job, now_ms
+from core.protocol import ChunkIn, Document, EventKind, IngestBatch, chunk_id, new_id, new_job, now_ms
 from core.settings import EmbedderSettings
 from workers.embedder import OnnxEmbedder
 
@@ -80,7 +80,7 @@ async def run(ctx: Context) -> list[Row]:
         await client.events.ingest_sealed(job_id, n)
         events = await client.until(job_id, timeout_s=600)
         worker_rate = n / (time.perf_counter() - t0)
-        if events[-1][0] != "done":
+        if events[-1][0] != EventKind.DONE:
             raise RuntimeError(f"ingest failed: {events[-1]}")
         # Raw again with the worker idle: the mean of before and after evens out drift in the
         # machine's other load (it is shared).
@@ -93,7 +93,7 @@ async def run(ctx: Context) -> list[Row]:
         async def one() -> None:
             job = await client.submit(QUESTIONS[next(asked) % len(QUESTIONS)])
             got = await client.until(job)
-            if got[-1][0] != "done":
+            if got[-1][0] != EventKind.DONE:
                 raise RuntimeError(f"query failed: {got[-1]}")
 
         for inflight in (1, 8, 64):

@@ -19,7 +19,7 @@ from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.hub import EventHub
 from core.keys import Keys
-from core.protocol import Query, Retrieval, new_job
+from core.protocol import TERMINAL, Query, Retrieval, new_job
 from core.queue import JobQueue
 from core.redis import connect
 from core.settings import Settings, load_settings
@@ -266,7 +266,7 @@ class StreamClient:
         await self.queue.submit(job, self.keys.queries, {"question": question})
         return job.id
 
-    async def until(self, job_id: str, stop: frozenset[str] = frozenset({"done", "error", "cancelled"}),
+    async def until(self, job_id: str, stop: frozenset[str] = TERMINAL,
                     timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
         """(type, data) of the job's events from its first, up to the first of ``stop``."""
         if not self._hub_started:

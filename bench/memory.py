@@ -38,6 +38,7 @@ import redis.asyncio as aredis
 from bench.corpus import write_pdfs
 from bench.harness import Context, Row, rss_kib, service_env, settings_of, start_api, start_fake_openai, start_worker
 from core.keys import Keys
+from core.protocol import TERMINAL
 from tests.servers import ROOT
 
 WORDS_PER_PAGE = 60
@@ -144,7 +145,7 @@ async def upload(base_url: str, path: Path, api_pid: int, collection: str) -> Up
                 async for line in events.aiter_lines():
                     if line.startswith("event: "):
                         last = line[len("event: "):]
-                        if last in ("done", "error", "cancelled"):
+                        if last in TERMINAL:
                             break
             if last != "done":
                 raise RuntimeError(f"the upload of {path.name} ended with {last!r}")

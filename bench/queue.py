@@ -31,6 +31,7 @@ from bench.harness import (
     start_fake_openai,
     start_worker,
 )
+from core.protocol import EventKind
 from tests.servers import Proc
 
 INFLIGHT = 64
@@ -48,7 +49,7 @@ async def streams_load(ctx: Context, env: dict[str, str], inflight: int, cpu_of:
         async def one() -> None:
             job_id = await client.submit("What is nothing?")
             events = await client.until(job_id)
-            if events[-1][0] != "done":
+            if events[-1][0] != EventKind.DONE:
                 raise RuntimeError(f"job failed: {events[-1]}")
 
         return await closed_loop(one, inflight=inflight, warmup_s=warmup, measure_s=measure, cpu_of=cpu_of)
