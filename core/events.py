@@ -100,16 +100,24 @@ class JobCancelled(Exception):
     """The job's cancel flag is set: its worker stops and writes nothing more but `cancelled`."""
 
 
-class EventWriter:
-    """Appends events to job event streams."""
+class JobWriter:
+    """Writes jobs' keys through the process's auto-pipeline, within the event streams' limits."""
 
     def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
         self._redis = redis
         # Events, records and job messages of concurrent jobs share round trips.
         self._pipe = autopipeline(redis)
         self._keys = keys
+        #: Entries kept per event stream (MAXLEN ~), and how long a job's keys live after their last write.
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
+
+
+class EventWriter(JobWriter):
+    """Appends events to job event streams."""
+
+    def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
+        super().__init__(redis, keys, limits)
         self._progress = redis.register_script(event_script(_INGEST_PROGRESS))
         self._emit = redis.register_script(event_script(_EMIT))
 

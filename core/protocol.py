@@ -198,10 +198,13 @@ class DeadLetter(Struct, kw_only=True):
     #: The job stream it came from, and its entry id there.
     stream: str
     entry_id: str
+    #: Its last error: a stable code, and the message.
     code: str
     error: str
+    #: How often it was delivered, and the consumer that gave up on it.
     deliveries: int
     consumer: str
+    #: When it was dead-lettered (Unix ms).
     dead_ms: int
     #: The job message as it was (msgpack), and its id; absent when it could not be read.
     job: bytes | None = None

@@ -10,8 +10,7 @@ import asyncio
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
-from core.autopipeline import autopipeline
-from core.events import CANCELLED_BY_CLIENT, event_script
+from core.events import CANCELLED_BY_CLIENT, JobWriter, event_script
 from core.lua import script
 from core.protocol import JOB_FIELD, Job, encode_job
 
@@ -61,16 +60,11 @@ return $ENQUEUED
 """, JOB=JOB_FIELD, ENQUEUED=ENQUEUED)
 
 
-class JobQueue:
+class JobQueue(JobWriter):
     """Puts jobs on the job streams, with their records; cancels them."""
 
     def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
-        self._redis = redis
-        # Records and job messages of concurrent submissions share round trips (with events too).
-        self._pipe = autopipeline(redis)
-        self._keys = keys
-        self._maxlen = limits.events_maxlen
-        self._ttl = limits.events_ttl_s
+        super().__init__(redis, keys, limits)
         self._cancel = redis.register_script(_CANCEL)
         self._enqueue = redis.register_script(_ENQUEUE)
 
