@@ -269,7 +269,7 @@ def _problems(s: Settings) -> Iterator[tuple[str, str]]:
     if not s.redis.prefix or re.search(r"[{}\s]", s.redis.prefix):
         # Braces would break the hash tags every key is built with (core.keys).
         yield "RAG_REDIS_PREFIX", f"{s.redis.prefix!r}: give a non-empty prefix without braces or spaces"
-    if s.qdrant.url is not None:
+    if s.qdrant.url not in (None, ":memory:"):  # qdrant-client's in-process mode: the tests' server adapter
         yield from _url("RAG_QDRANT_URL", s.qdrant.url, ("http", "https"))
     if not s.qdrant.collection or re.search(r"[/\s]", s.qdrant.collection):
         yield "RAG_QDRANT_COLLECTION", f"{s.qdrant.collection!r}: give a name without slashes or spaces"
