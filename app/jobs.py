@@ -1,11 +1,13 @@
-"""Jobs as the API sees them: submitting queries and reading a job's status from its events."""
+"""Jobs as the API sees them: submitting queries, cancelling, a job's status, and its events as SSE."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import JobFinished, JobNotFound, Overloaded
+from app.relay import Relay
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 from core.errors import BadRequest
 from core.keys import Keys, valid_job_id
@@ -15,6 +17,7 @@ from core.queue import CancelResult, JobQueue
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from core.hub import EventHub
     from core.settings import Settings
 
 #: A job's status by the kind of its last event: any other kind means it is running.
@@ -28,12 +31,19 @@ def links(job_id: str) -> Links:
 
 
 class Jobs:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, hub: EventHub) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
+        self._hub = hub
         self._queue = JobQueue(redis, self.keys, settings.limits)
         self._background: set[asyncio.Task[object]] = set()
+
+    def events(self, job_id: str, *, after: str = "0-0", on_abandon: Callable[[], None] | None = None,
+               headers: Mapping[str, str] | None = None) -> Relay:
+        """The job's events after entry ``after``, as an SSE response relayed through the process's hub."""
+        return Relay(self._hub, self.redis, self.keys.events(job_id), after=after,
+                     keepalive_s=self.settings.api.keepalive_s, on_abandon=on_abandon, headers=headers)
 
     def validate(self, request: QueryRequest) -> Query:
         limits = self.settings.limits

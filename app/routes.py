@@ -15,7 +15,6 @@ from app.jobs import Jobs, links
 from app.relay import Relay, valid_entry_id
 from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
 from core.heartbeats import alive_workers
-from core.hub import EventHub
 
 SSE = "text/event-stream"
 
@@ -43,7 +42,6 @@ class QueryController(Controller):
     async def events(
         self,
         jobs: NamedDependency[Jobs],
-        hub: NamedDependency[EventHub],
         job_id: FromPath[str],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         after: Annotated[str | None, QueryParameter(name="after", required=False)] = None,
@@ -56,8 +54,7 @@ class QueryController(Controller):
                 raise InvalidLastEventId(
                     f"Last-Event-ID {cursor[:64]!r} is not an event id of this service (expected like 1700000000000-0)"
                 )
-        return Relay(hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
-                     keepalive_s=jobs.settings.api.keepalive_s)
+        return jobs.events(job_id, after=cursor or "0-0")
 
     @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now",
             responses=documented(404, 409))
@@ -67,13 +64,11 @@ class QueryController(Controller):
 
     @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request",
           responses=documented(429))
-    async def ask(self, jobs: NamedDependency[Jobs], hub: NamedDependency[EventHub],
-                  data: JSONBody[QueryRequest]) -> Relay:
+    async def ask(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest]) -> Relay:
         job_id = await jobs.submit_query(data)
         # A client that hangs up before the end cancels the job: nobody would read the answer.
-        return Relay(hub, jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s,
-                     on_abandon=lambda: jobs.cancel_soon(job_id),
-                     headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})
+        return jobs.events(job_id, on_abandon=lambda: jobs.cancel_soon(job_id),
+                           headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})
 
 
 @get("/healthz", tags=["health"], summary="The process is up")
