@@ -3,7 +3,7 @@
 Raw: ``OnnxEmbedder.embed_sync`` on the same chunk texts, at its best ONNX batch size
 (searched first on a sample). Worker: ``python -m workers`` (ONNX embedder, embedded
 qdrant-edge) fed the same chunks as ingest batches of RAG_INGEST_BATCH_CHUNKS through
-the ingest stream (EventWriter.enqueue, the producer's own call), timed from the first
+the ingest stream (JobQueue.enqueue, the producer's own call), timed from the first
 message to the job's ``done``. Questions: through the query stream with the extractive
 generator (no LLM), at 1, 8 and 64 in flight; each is retrieved, then every sentence of its
 sources is embedded to choose the answer's (workers.passages). Against raw embedding of one
@@ -19,7 +19,7 @@ import time
 
 from bench.corpus import chunk_texts
 from bench.harness import Context, Row, StreamClient, closed_loop, ratio, service_env, settings_of, start_worker
-from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_id, new_job, now_ms
+from core.protocol import ChunkIn, Document, EventKind, IngestBatch, chunk_id, new_id, new_job, now_ms
 from core.settings import EmbedderSettings
 from workers.embedder import OnnxEmbedder
 
@@ -81,17 +81,17 @@ async def run(ctx: Context) -> list[Row]:
         job_id = new_id()
         doc = Document(id="bench-doc", file="bench.pdf", source="bench.pdf", title="bench", pages=n)
         per = settings.ingest.batch_chunks
-        await client.events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": 1})
+        await client.queue.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": 1})
         t0 = time.perf_counter()
         for start in range(0, n, per):
             chunks = [ChunkIn(id=chunk_id(doc.id, i), text=texts[i], page=i + 1, page_end=i + 1, index=i)
                       for i in range(start, min(n, start + per))]
-            await client.events.enqueue(new_job(IngestBatch(document=doc, chunks=chunks), job_id=job_id),
+            await client.queue.enqueue(new_job(IngestBatch(document=doc, chunks=chunks), job_id=job_id),
                                         client.keys.ingest)
         await client.events.ingest_sealed(job_id, n)
         events = await client.until(job_id, timeout_s=600)
         worker_rate = n / (time.perf_counter() - t0)
-        if events[-1][0] != "done":
+        if events[-1][0] != EventKind.DONE:
             raise RuntimeError(f"ingest failed: {events[-1]}")
         # Raw again with the worker idle: the mean of before and after evens out drift in the
         # machine's other load (it is shared).
@@ -104,7 +104,7 @@ async def run(ctx: Context) -> list[Row]:
         async def one() -> None:
             job = await client.submit(QUESTIONS[next(asked) % len(QUESTIONS)])
             got = await client.until(job, timeout_s=300)  # a batch of 16 answers takes tens of seconds here
-            if got[-1][0] != "done":
+            if got[-1][0] != EventKind.DONE:
                 raise RuntimeError(f"query failed: {got[-1]}")
 
         for inflight in levels:

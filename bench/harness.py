@@ -16,10 +16,11 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aredis
 
-from app.hub import EventHub
 from core.events import EventWriter
+from core.hub import EventHub
 from core.keys import Keys
-from core.protocol import Query, Retrieval, new_job
+from core.protocol import TERMINAL, Query, Retrieval, new_job
+from core.queue import JobQueue
 from core.redis import connect
 from core.settings import Settings, load_settings
 from ingest.producer import Producer
@@ -328,7 +329,7 @@ async def closed_loop(one: Callable[[], Awaitable[None]], *, what: str, inflight
 
 
 class StreamClient:
-    """Submits query jobs the way the API does (EventWriter.submit) and reads each job's events
+    """Submits query jobs the way the API does (JobQueue.submit) and reads each job's events
     the way the API does too: through one EventHub (one XREAD for every open job stream)."""
 
     def __init__(self, settings: Settings, max_connections: int = 64) -> None:
@@ -339,15 +340,16 @@ class StreamClient:
         self._hub_started = False
         self.keys = Keys(settings.redis.prefix)
         self.events = EventWriter(self.redis, self.keys, settings.limits)
+        self.queue = JobQueue(self.redis, self.keys, settings.limits)
 
     async def submit(self, question: str, *, top_k: int = 5, collection: str | None = None,
                      retrieval: Retrieval | None = None, rerank: bool | None = None) -> str:
         job = new_job(Query(question=question, top_k=top_k, collection=collection, retrieval=retrieval,
                             rerank=rerank))
-        await self.events.submit(job, self.keys.queries, {"question": question})
+        await self.queue.submit(job, self.keys.queries, {"question": question})
         return job.id
 
-    async def until(self, job_id: str, stop: frozenset[str] = frozenset({"done", "error", "cancelled"}),
+    async def until(self, job_id: str, stop: frozenset[str] = TERMINAL,
                     timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
         """(type, data) of the job's events from its first, up to the first of ``stop``."""
         if not self._hub_started:

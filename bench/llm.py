@@ -27,7 +27,7 @@ import httpx
 from openai import AsyncOpenAI
 
 from bench.harness import BenchmarkError, Context, Row, index_pdfs, pct, ratio, service_env, start_api, start_worker
-from core.protocol import Source
+from core.protocol import EventKind, Source
 from core.settings import EmbedderSettings, LLMSettings
 from tests.pdfs import FACTS, write_pdf
 from tests.servers import Proc, free_port, wait_for_port
@@ -111,14 +111,14 @@ async def ask(http: httpx.AsyncClient, collection: str) -> tuple[Timing, list[So
                 event = line[7:]
             elif line.startswith("data: "):
                 data = json.loads(line[6:])
-                if event == "token":
+                if event == EventKind.TOKEN:
                     t.token()
-                elif event == "sources":
+                elif event == EventKind.SOURCES:
                     sources = [Source(**s) for s in data["sources"]]
-                elif event == "done":
+                elif event == EventKind.DONE:
                     t.tokens = int(data["usage"]["completion_tokens"])
                     done = True
-                elif event in ("error", "cancelled"):
+                elif event in (EventKind.ERROR, EventKind.CANCELLED):
                     raise BenchmarkError(f"/v1/ask ended with {event}: {data}")
     if not done:
         raise BenchmarkError(f"/v1/ask ended without done (last event {event!r})")

@@ -48,6 +48,7 @@ from bench.harness import (
     start_worker,
 )
 from core.keys import Keys
+from core.protocol import TERMINAL
 from tests.servers import ROOT
 
 WORDS_PER_PAGE = 60
@@ -156,7 +157,7 @@ async def upload(base_url: str, path: Path, api_pid: int, collection: str) -> Up
                 async for line in events.aiter_lines():
                     if line.startswith("event: "):
                         last = line[len("event: "):]
-                        if last in ("done", "error", "cancelled"):
+                        if last in TERMINAL:
                             break
             if last != "done":
                 raise BenchmarkError(f"the upload of {path.name} ended with {last!r}")

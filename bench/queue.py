@@ -36,6 +36,7 @@ from bench.harness import (
     start_fake_openai,
     start_worker,
 )
+from core.protocol import EventKind
 from tests.pdfs import FACTS, write_pdf
 from tests.servers import Proc
 
@@ -50,14 +51,14 @@ def _windows(ctx: Context) -> tuple[float, float]:
 
 
 async def streams_load(ctx: Context, env: dict[str, str], inflight: int, cpu_of: dict[str, int], what: str) -> Load:
-    """(a) Submit with EventWriter.submit (as the API does), read the job's event stream until ``done``."""
+    """(a) Submit with JobQueue.submit (as the API does), read the job's event stream until ``done``."""
     warmup, measure = _windows(ctx)
     client = StreamClient(settings_of(env))
     try:
         async def one() -> None:
             job_id = await client.submit(QUESTION)
             events = await client.until(job_id)
-            if events[-1][0] != "done":
+            if events[-1][0] != EventKind.DONE:
                 raise BenchmarkError(f"job failed: {events[-1]}")
 
         return await closed_loop(one, what=what, inflight=inflight, warmup_s=warmup, measure_s=measure,
@@ -291,7 +292,7 @@ async def run(ctx: Context) -> list[Row]:
         pair(f"(b) HTTP API + SSE ({sized}) vs {TUNED}", sse, arq_tuned),
         pair(f"(b) HTTP API + SSE ({sized}) vs RQ", sse, rq_load),
         *cpu_rows(f"(a) Redis Streams ({sized}) vs {TUNED}", streams, arq_tuned,
-                  "EventWriter.submit and an EventHub, as the API does"),
+                  "JobQueue.submit and an EventHub, as the API does"),
         *cpu_rows(f"(b) HTTP API + SSE ({sized}) vs {TUNED}", sse, arq_tuned, "a minimal HTTP/1.1 client"),
         api_row,
         Row(bench="queue", measure="(a) one job in flight: default RAG_WORKER_BATCH_WAIT_MS=5 vs 0",

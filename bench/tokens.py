@@ -34,6 +34,7 @@ from bench.harness import (
     start_fake_openai,
     start_worker,
 )
+from core.protocol import EventKind
 from tests.pdfs import FACTS, write_pdf
 
 #: Asked of the indexed page (FACTS[1]): found, so the LLM answers it.
@@ -85,11 +86,11 @@ async def relayed(http: httpx.AsyncClient, max_tokens: int) -> Stream:
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 event = line[7:]
-            elif line.startswith("data: ") and event == "token":
+            elif line.startswith("data: ") and event == EventKind.TOKEN:
                 out.tokens_in(json.loads(line[6:])["text"])
-            elif line.startswith("data: ") and event in ("error", "cancelled"):
+            elif line.startswith("data: ") and event in (EventKind.ERROR, EventKind.CANCELLED):
                 raise BenchmarkError(f"/v1/ask ended with {event}: {line[6:300]}")
-    if event != "done":
+    if event != EventKind.DONE:
         raise BenchmarkError(f"/v1/ask ended without done (last event {event!r})")
     return out.complete("the relayed stream (/v1/ask)", max_tokens)
 

@@ -11,7 +11,6 @@ from core.errors import RagError, StoreLocked
 from core.logs import configure_logging
 from core.loop import run
 from core.settings import load_or_exit
-from workers.worker import Worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     settings = load_or_exit()
+    # After the settings: a bad one stops the process before the models' libraries load (1.5 s and more), which
+    # keeps a misconfigured worker's exit within the run command's 3 s start window (it gives up on it then).
+    from workers.worker import Worker
+
     configure_logging(settings.log_level, settings.log_format)
     try:
         run(Worker(settings, concurrency=args.concurrency, burst=args.burst).run())

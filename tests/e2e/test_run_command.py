@@ -6,10 +6,15 @@ and test_local_llm covers it.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +34,15 @@ _AS_FROM_A_TERMINAL = ("import os, signal, sys; [signal.signal(s, signal.SIG_DFL
                        "signal.SIGINT)]; os.execv(sys.argv[1], sys.argv[1:])")
 
 
+def _take_the_terminal() -> None:
+    """In the child, after setsid: the pty on fd 0 becomes its controlling terminal, as a terminal
+    emulator's shell has one (Ctrl-C and the hangup then reach its foreground process group)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Run:
+    """``scripts/up`` in a terminal of its own (a pty), its screen copied to ``up.log``."""
+
     def __init__(self, tmp: Path, **extra: str) -> None:
         self.port = free_port()
         self.data = tmp / "data"
@@ -40,8 +53,42 @@ class Run:
         # As from a terminal: SIGHUP and SIGINT at their defaults (a shell cannot trap a signal ignored
         # when it starts, and a test runner started in the background or under nohup ignores them).
         up = str(ROOT / "scripts" / "up")
+        self.terminal, screen = pty.openpty()
         self.proc = subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, up], cwd=ROOT, env=self.env,
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+                                     stdin=screen, stdout=screen, stderr=screen, start_new_session=True,
+                                     preexec_fn=_take_the_terminal)
+        os.close(screen)
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._copy_screen, daemon=True)
+        self._reader.start()
+
+    def _copy_screen(self) -> None:
+        # Never blocked in read(): a read in progress would hold the terminal open past close_terminal().
+        with self.log.open("wb") as log:
+            while not self._closing.is_set():
+                if not select.select([self.terminal], [], [], 0.05)[0]:
+                    continue
+                try:
+                    data = os.read(self.terminal, 65536)
+                except OSError:  # EIO: every process of the terminal has let go of it
+                    return
+                if not data:
+                    return
+                log.write(data.replace(b"\r\n", b"\n"))
+                log.flush()
+
+    def close_terminal(self) -> int:
+        """The user closes the terminal window: the kernel hangs the terminal up (SIGHUP to its
+        processes), and whatever still writes to it gets EIO."""
+        self._closing.set()
+        self._reader.join()
+        os.close(self.terminal)
+        return self.proc.wait(timeout=60)
+
+    def ctrl_c(self) -> int:
+        """Ctrl-C typed in the terminal: SIGINT to its foreground process group."""
+        os.write(self.terminal, b"\x03")
+        return self.proc.wait(timeout=60)
 
     @property
     def url(self) -> str:
@@ -91,6 +138,13 @@ class Run:
     def stop(self, sig: int) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=60)
+
+    def gone(self, pids: set[int], timeout: float = 30.0) -> list[int]:
+        """Those of ``pids`` still alive after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return [p for p in pids if alive(p)]
 
 
 @pytest.fixture
@@ -151,14 +205,11 @@ def test_killed_processes_come_back_and_a_closed_terminal_leaves_nothing(run: Ru
     assert "already running" in second.stderr and str(run.data) in second.stderr
     assert second.stderr.strip().count("\n") == 0
 
-    # Closing the terminal (SIGHUP) stops everything: no process left, the ports free again.
+    # Closing the terminal (SIGHUP, and the screen gone) stops everything: no process left, the ports free again.
     pids = run.pids()
     assert len(pids) >= 4  # supervisord, Valkey, the worker, the API (and their log prefixers)
-    assert run.stop(signal.SIGHUP) is not None
-    deadline = time.monotonic() + 30
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in pids if alive(p)]
+    run.close_terminal()
+    assert not run.gone(pids)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{run.url}/healthz", timeout=2)
     # One line per event, with the process's name.
@@ -171,9 +222,8 @@ def test_a_process_that_fails_at_start_is_given_up_on_and_ctrl_c_stops_the_rest(
         run.until("supervisord to give up on the worker",
                   lambda: "gave up: worker entered FATAL state" in run.output(), timeout=60)
         pids = run.pids()
-        assert run.stop(signal.SIGINT) is not None
-        time.sleep(1)
-        assert not [p for p in pids if alive(p)]
+        run.ctrl_c()
+        assert not run.gone(pids)
     finally:
         if run.proc.poll() is None:
             run.stop(signal.SIGTERM)
@@ -275,6 +325,11 @@ def test_kill_9_the_worker_while_20_questions_stream_every_one_completes_once(tm
                 assert len(event_ids) == len(set(event_ids)) and events[-1][1] == "done", job_id
                 assert "".join(d["text"] for _, k, d in events if k == "token") == events[-1][2]["answer"]
             assert sum(1 for n in reconnects.values() if n) >= 5  # they really were cut off and came back
+
+            # SIGTERM (a service manager, `kill`) stops everything too.
+            pids = run.pids()
+            run.stop(signal.SIGTERM)
+            assert not run.gone(pids)
         finally:
             if run.proc.poll() is None:
                 run.stop(signal.SIGTERM)
