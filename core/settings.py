@@ -71,6 +71,9 @@ class LLMSettings(Struct, frozen=True, kw_only=True):
     #: A question whose best sentence scores below this (0.6 x cosine + 0.4 x BM25 term share) is answered
     #: "not found" without asking the LLM.
     min_score: Annotated[float, Meta(ge=0, le=1)] = 0.3
+    #: Sentence vectors kept between answers (1.5 KiB each): questions about the same documents meet the
+    #: same sentences, and embedding a question's five sources costs about as much as embedding five chunks.
+    sentence_cache: Annotated[int, Meta(ge=0)] = 20000
 
 
 class RetrievalSettings(Struct, frozen=True, kw_only=True):

@@ -101,7 +101,7 @@ class QueryPipeline:
         self._heading_match = HeadingMatch(self._bm25)
         self._registry = DocumentRegistry(events.redis, events.keys)
         self._passages = PassageSelector(embedder, self._bm25, budget_tokens=settings.llm.context_tokens,
-                                         min_score=settings.llm.min_score)
+                                         min_score=settings.llm.min_score, cache_size=settings.llm.sentence_cache)
 
     async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
         """Embed every question in one call, search once for all, and send each job its sources."""
