@@ -34,6 +34,9 @@ def collection_name(value: str | None) -> str:
 COLLECTION: Final = "collection"
 DOCUMENT_ID: Final = "document_id"
 INDEX: Final = "index"
+#: The payload keys of a chunk's page span (a page's text is looked up by them, within one document).
+PAGE: Final = "page"
+PAGE_END: Final = "page_end"
 #: The payload key of a chunk's section heading (the heading match reads it).
 SECTION: Final = "section"
 #: The ``kind`` of a chunk of a table of contents, an index or a list of figures (RAG_INGEST_NAV_PAGES=keep).

@@ -22,6 +22,13 @@ from msgspec import Struct
 Retrieval = Literal["hybrid", "dense", "sparse", "heading"]
 
 
+class Turn(Struct, frozen=True, array_like=True):
+    """An earlier message of a conversation: ``user`` or ``assistant``, and its text."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class Query(Struct, frozen=True, tag="query", kw_only=True):
     question: str
     top_k: int = 5
@@ -30,6 +37,28 @@ class Query(Struct, frozen=True, tag="query", kw_only=True):
     #: evaluation runs each arm alone on the same service).
     retrieval: Retrieval | None = None
     rerank: bool | None = None
+    #: The conversation before the question, oldest first: the question may be a follow-up, and retrieval
+    #: uses a standalone form of it (workers.followups).
+    history: list[Turn] = []
+    #: The client's own instructions (an OpenAI-style system message): given to the LLM after the
+    #: grounding rules, which they never override.
+    instructions: str | None = None
+
+
+class Embed(Struct, frozen=True, tag="embed", kw_only=True):
+    """Texts to embed with the workers' embedder (``POST /v1/embeddings``), micro-batched with questions."""
+
+    texts: list[str]
+    #: The dimension the client asked for; the embedder's own, or the job fails with ``unsupported_parameter``.
+    dimensions: int | None = None
+
+
+class PageRequest(Struct, frozen=True, tag="page", kw_only=True):
+    """The indexed text of one page of a document (workers own the store): its chunks on that page."""
+
+    document_id: str
+    page: int
+    collection: str | None = None
 
 
 class ChunkIn(Struct, frozen=True, kw_only=True):
@@ -86,7 +115,12 @@ class DeleteDocument(Struct, frozen=True, tag="delete_document", kw_only=True):
     report: bool = True
 
 
-Payload = Query | IngestBatch | DeleteDocument
+Payload = Query | Embed | PageRequest | IngestBatch | DeleteDocument
+#: The payloads that go on the queries stream: asked by a client who waits, micro-batched, before any ingest work.
+Interactive = Query | Embed | PageRequest
+
+#: A job's kind by its payload's type (in its record, and in GET /v1/queries/{id}).
+_KINDS: Final = {Query: "query", Embed: "embeddings", PageRequest: "page"}
 
 
 class Job(Struct, frozen=True, kw_only=True):
@@ -97,7 +131,7 @@ class Job(Struct, frozen=True, kw_only=True):
 
     @property
     def kind(self) -> str:
-        return "query" if isinstance(self.payload, Query) else "ingest"
+        return _KINDS.get(type(self.payload), "ingest")
 
 
 def new_id() -> str:
@@ -239,6 +273,8 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     DOCUMENT = "document"
     RESTART = "restart"
+    EMBEDDINGS = "embeddings"
+    PAGE = "page"
     DONE = "done"
     ERROR = "error"
     CANCELLED = "cancelled"
@@ -318,10 +354,42 @@ class Restart(Struct, frozen=True, tag=EventKind.RESTART.value, tag_field=TYPE_F
     reason: str = "worker_lost"
 
 
+class Embeddings(Struct, frozen=True, tag=EventKind.EMBEDDINGS.value, tag_field=TYPE_FIELD, kw_only=True):
+    """An embedding job's vectors, in its texts' order: each L2-normalised float32, little-endian, base64
+    (OpenAI's ``encoding_format: base64``, which the API passes on as it is)."""
+
+    vectors: list[str]
+    dim: int
+
+
+class PageChunk(Struct, frozen=True, kw_only=True):
+    """A chunk on a page, as indexed."""
+
+    chunk_id: str
+    index: int
+    page: int
+    page_end: int
+    text: str
+    section: str | None = None
+
+
+class PageText(Struct, frozen=True, tag=EventKind.PAGE.value, tag_field=TYPE_FIELD, kw_only=True):
+    """A page's indexed text: its chunks in document order, overlaps joined once (``text``)."""
+
+    document_id: str
+    page: int
+    text: str
+    chunks: list[PageChunk]
+
+
 #: The answer, word for word, when nothing retrieved answers the question (``done.found`` is false then).
 NOT_FOUND_ANSWER: Final = "I found nothing on this in the documents."
 #: The error code of a question to a collection that has no documents.
 EMPTY_COLLECTION: Final = "empty_collection"
+#: The error code of a request with a parameter the service does not serve (an embedding of another dimension).
+UNSUPPORTED_PARAMETER: Final = "unsupported_parameter"
+#: The error code of a page a document does not have (or has no indexed text on).
+PAGE_NOT_FOUND: Final = "page_not_found"
 #: The error code of an upload whose API process stopped before it was indexed (sent again, nothing is duplicated).
 UPLOAD_INTERRUPTED: Final = "upload_interrupted"
 
@@ -348,7 +416,7 @@ class Cancelled(Struct, frozen=True, tag=EventKind.CANCELLED.value, tag_field=TY
     reason: str = "cancelled"
 
 
-Event = Sources | Token | Progress | DocumentEvent | Restart | Done | Error | Cancelled
+Event = Sources | Token | Progress | DocumentEvent | Restart | Embeddings | PageText | Done | Error | Cancelled
 
 _event_encoder: Final = msgspec.json.Encoder()
 _event_decoder: Final = msgspec.json.Decoder(Event)

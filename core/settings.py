@@ -76,6 +76,20 @@ class LLMSettings(Struct, frozen=True, kw_only=True):
     sentence_cache: Annotated[int, Meta(ge=0)] = 20000
 
 
+class ConversationSettings(Struct, frozen=True, kw_only=True):
+    #: How a follow-up question (the last of several messages) is made standalone for retrieval: ``auto``
+    #: (by the LLM when RAG_LLM_BACKEND=openai, else by the rule), ``llm``, ``rule`` (the question and the
+    #: salient terms of the earlier questions), or ``off`` (the last question alone).
+    standalone: Literal["auto", "llm", "rule", "off"] = "auto"
+    #: Longest rewrite the LLM may write, in tokens, and how long it may take; past either, the rule.
+    rewrite_tokens: PositiveInt = 48
+    rewrite_timeout_s: PositiveFloat = 4.0
+    #: Earlier messages kept (the most recent), each cut to RAG_LIMITS_QUESTION_MAX_CHARS.
+    max_turns: NonNegInt = 8
+    #: Salient terms of the earlier questions the rule adds, at most.
+    rule_terms: PositiveInt = 8
+
+
 class RetrievalSettings(Struct, frozen=True, kw_only=True):
     #: ``hybrid``: every arm, fused; or one arm alone: ``dense`` (the embedder), ``sparse`` (BM25 over the
     #: chunks and their headers), ``heading`` (BM25 over section headings).
@@ -140,6 +154,8 @@ class LimitSettings(Struct, frozen=True, kw_only=True):
     question_max_chars: PositiveInt = 2_000
     top_k_default: PositiveInt = 5
     top_k_max: PositiveInt = 20
+    #: Most texts one POST /v1/embeddings may send.
+    embed_inputs_max: PositiveInt = 256
     #: Questions waiting or in progress beyond which the API answers 429.
     max_backlog: PositiveInt = 1_000
     #: Entries kept per job event stream (MAXLEN ~).
@@ -181,6 +197,7 @@ class Settings(Struct, frozen=True, kw_only=True):
     qdrant: QdrantSettings = QdrantSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     llm: LLMSettings = LLMSettings()
+    conversation: ConversationSettings = ConversationSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     reranker: RerankerSettings = RerankerSettings()
     worker: WorkerSettings = WorkerSettings()

@@ -6,6 +6,7 @@ import time
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
+import numpy as np
 import structlog
 from msgspec import Struct
 
@@ -16,8 +17,10 @@ from core.protocol import (
     EMPTY_COLLECTION,
     NOT_FOUND_ANSWER,
     Done,
+    Embed,
     Error,
     Event,
+    PageRequest,
     Query,
     Restart,
     Source,
@@ -27,7 +30,9 @@ from core.protocol import (
     now_ms,
 )
 from workers.citations import cite, says_not_found
+from workers.followups import Followups
 from workers.generator import Answer, stream_words
+from workers.lookups import Lookups
 from workers.passages import Context, PassageSelector
 from workers.ranking import HeadingMatch
 from workers.sparse import Bm25Encoder
@@ -35,8 +40,6 @@ from workers.store import Hit, Search, fusion_of
 from workers.tokens import TokenCoalescer
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from core.events import EventWriter
     from core.settings import Settings
     from workers.consumer import Consumer, Delivery
@@ -54,6 +57,8 @@ class Prepared(Struct):
 
     delivery: Delivery
     query: Query
+    #: The question as searched and answered: standalone, when it follows a conversation (workers.followups).
+    question: str
     sources: list[Source]
     timings: Timings
     #: Set once a token event was written: from then on a failure is not retried.
@@ -102,37 +107,65 @@ class QueryPipeline:
         self._registry = DocumentRegistry(events.redis, events.keys)
         self._passages = PassageSelector(embedder, self._bm25, budget_tokens=settings.llm.context_tokens,
                                          min_score=settings.llm.min_score, cache_size=settings.llm.sentence_cache)
+        self.followups = Followups(settings.conversation, self._bm25, generator, llm=settings.llm.backend == "openai")
+        self._lookups = Lookups(store, embedder.dim)
 
-    async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
-        """Embed every question in one call, search once for all, and send each job its sources."""
+    async def prepare(self, deliveries: list[Delivery], rewritten: dict[bytes, str] | None = None) -> list[Prepared]:
+        """Embed every question (and every embedding job's texts) in one call, search once for all, and send
+        each job its sources (or its result); ``rewritten`` holds the LLM's standalone forms of follow-ups."""
         started = time.perf_counter()
         picked_ms = now_ms()
         valid: list[tuple[Delivery, Query]] = []
+        embeds: list[tuple[Delivery, Embed]] = []
+        pages: list[tuple[Delivery, PageRequest]] = []
         for delivery in deliveries:
-            job = delivery.job
-            if job is None or not isinstance(job.payload, Query):
+            payload = delivery.job.payload if delivery.job is not None else None
+            if isinstance(payload, Embed):
+                embeds.append((delivery, payload))
+            elif isinstance(payload, PageRequest):
+                pages.append((delivery, payload))
+            elif not isinstance(payload, Query):
                 await self._consumer.dead_letter(delivery, "malformed_job", delivery.malformed or "not a query")
-                continue
-            question = job.payload.question.strip()
-            if not question:
+            elif not payload.question.strip():
                 await self.fail(delivery, BadRequest("the question is empty", code="empty_question"))
-                continue
-            valid.append((delivery, job.payload))
+            else:
+                valid.append((delivery, payload))
+        lookups = await self._lookups.pages(pages) if pages else []
+        done = [d for d, _ in embeds] + [d for d, _ in pages]
         if not valid:
+            if embeds:
+                rows = await self._embedder.embed([t for _, e in embeds for t in e.texts], urgent=True)
+                lookups += self._lookups.embedded(embeds, rows)
+            await self._finish_lookups(lookups, done)
             return []
         # Queries first: from here to each answer's first token no ingest piece starts (on 2
         # cores one beside the LLM's prefill slows the first token by a third).
         reservations = {d.entry_id: self._embedder.reserve() for d, _ in valid}
+        questions = [(rewritten or {}).get(d.entry_id) or self.followups.rule(q) for d, q in valid]
         try:
-            return await self._prepare(valid, reservations, started, picked_ms)
+            return await self._prepare(valid, questions, reservations, started, picked_ms, embeds=embeds,
+                                       lookups=lookups, done=done)
         finally:
             for reservation in reservations.values():
                 reservation.release()  # no-op for those handed to their answer
 
-    async def _prepare(self, valid: list[tuple[Delivery, Query]], reservations: dict[bytes, Reservation],
-                       started: float, picked_ms: int) -> list[Prepared]:
+    async def _finish_lookups(self, events: list[tuple[str, Event]], deliveries: list[Delivery]) -> None:
+        if events:
+            await self._events.emit_each(events)
+        for delivery in deliveries:
+            await self._consumer.ack(delivery)
+        if deliveries:
+            self._metrics.incr(lookups=len(deliveries))
+
+    async def _prepare(self, valid: list[tuple[Delivery, Query]], questions: list[str],
+                       reservations: dict[bytes, Reservation], started: float, picked_ms: int, *,
+                       embeds: list[tuple[Delivery, Embed]], lookups: list[tuple[str, Event]],
+                       done: list[Delivery]) -> list[Prepared]:
         queries = [q for _, q in valid]
-        searches, embedded, vectors = await self._searches(queries)
+        extra = [t for _, e in embeds for t in e.texts]
+        searches, embedded, vectors, extra_rows = await self._searches(queries, questions, extra)
+        if embeds:
+            lookups = lookups + self._lookups.embedded(embeds, extra_rows)
         embedded_at = time.perf_counter()
         rerank = [self._reranker is not None and (q.rerank if q.rerank is not None else True) for q in queries]
         candidates = self._settings.reranker.candidates if any(rerank) else 0
@@ -141,7 +174,7 @@ class QueryPipeline:
         # a section gets the chunk it starts with first.
         results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion,
                                                  rerank=self._rank_headings)
-        results = await self._reranked(queries, results, rerank)
+        results = await self._reranked(questions, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})
         self._metrics.incr(query_batches=1, query_embed_calls=int(embedded > 0), queries_embedded=embedded, searches=1)
@@ -152,7 +185,7 @@ class QueryPipeline:
         # A search that found nothing in a collection with no documents at all: say that, not "not found".
         unfound = {q.collection or DEFAULT_COLLECTION for q, found in zip(queries, sources) if not found}
         empty = unfound - await self._registry.collections_with_documents() if unfound else set()
-        events: list[tuple[str, Event]] = []
+        events: list[tuple[str, Event]] = list(lookups)
         for (delivery, query), found in zip(valid, sources):
             assert delivery.job is not None
             if delivery.deliveries > 1 and not delivery.announced:
@@ -164,9 +197,10 @@ class QueryPipeline:
                     f"the collection {collection!r} has no documents: ingest some first (python -m ingest, "
                     "or POST /v1/documents)"))))
         written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
+        await self._finish_lookups([], done)
         kept = [i for i, (d, q) in enumerate(valid) if (q.collection or DEFAULT_COLLECTION) not in empty]
         contexts = dict(zip(kept, await self._passages.select(
-            [queries[i].question for i in kept], [vectors.get(i) for i in kept], [sources[i] for i in kept])))
+            [questions[i] for i in kept], [vectors.get(i) for i in kept], [sources[i] for i in kept])))
         prepared: list[Prepared] = []
         for i, ((delivery, query), found) in enumerate(zip(valid, sources)):
             assert delivery.job is not None
@@ -183,37 +217,41 @@ class QueryPipeline:
                 search_ms=round((searched - embedded_at) * 1000, 2),
                 batch_size=len(valid),
             )
-            prepared.append(Prepared(delivery, query, found, timings,
+            prepared.append(Prepared(delivery, query, questions[i], found, timings,
                                      reservation=reservations.pop(delivery.entry_id), context=contexts[i]))
         return prepared
+
     def _rank_headings(self, search: Search, hits: list[Hit]) -> list[Hit]:
         return self._heading_match.rerank(search.heading, hits, self._fusion) if search.heading else hits
 
-    async def _searches(self, queries: list[Query]) -> tuple[list[Search], int, dict[int, np.ndarray]]:
-        """Each question's search by the arms its retrieval mode names, how many were embedded, and the
-        question vectors by position.
+    async def _searches(self, queries: list[Query], questions: list[str], extra: list[str]
+                        ) -> tuple[list[Search], int, dict[int, np.ndarray], np.ndarray]:
+        """Each question's search by the arms its retrieval mode names, how many were embedded, the
+        question vectors by position, and the vectors of the ``extra`` texts (embedding jobs').
 
-        The dense arm embeds every question of the batch in one call; a question with no
-        searchable word (stopwords or symbols only) has no BM25 arm and goes by the dense one.
+        The dense arm embeds every question of the batch in one call, with the extra texts; a question
+        with no searchable word (stopwords or symbols only) has no BM25 arm and goes by the dense one.
         """
         r = self._settings.retrieval
         modes = [q.retrieval or r.mode for q in queries]
-        words = [self._bm25.query(q.question) for q in queries]
+        words = [self._bm25.query(q) for q in questions]
         # A BM25 arm alone cannot search a question it has no word of: the dense arm does then.
         dense_rows = [i for i, m in enumerate(modes) if m in ("hybrid", "dense") or words[i] is None]
         vectors: dict[int, np.ndarray] = {}
-        if dense_rows:
-            rows = await self._embedder.embed([queries[i].question for i in dense_rows], urgent=True)
+        extra_rows = np.empty((0, self._embedder.dim), dtype=np.float32)
+        if dense_rows or extra:
+            rows = await self._embedder.embed([questions[i] for i in dense_rows] + extra, urgent=True)
             vectors = dict(zip(dense_rows, rows))
+            extra_rows = rows[len(dense_rows):]
         heading_on = r.heading_weight > 0
         searches = [Search(collection=q.collection or DEFAULT_COLLECTION,
                            dense=vectors[i].tolist() if i in vectors else None,
                            sparse=words[i] if m in ("hybrid", "sparse") else None,
                            heading=words[i] if m == "heading" or (m == "hybrid" and heading_on) else None)
                     for i, (q, m) in enumerate(zip(queries, modes))]
-        return searches, len(dense_rows), vectors
+        return searches, len(dense_rows), vectors, extra_rows
 
-    async def _reranked(self, queries: list[Query], results: list[list[Hit]], rerank: list[bool]) -> list[list[Hit]]:
+    async def _reranked(self, questions: list[str], results: list[list[Hit]], rerank: list[bool]) -> list[list[Hit]]:
         """The fused candidates of the questions to rerank, reordered by the reranker (one call per
         micro-batch); on a reranker failure, the fused order stands."""
         picked = [i for i, on in enumerate(rerank) if on and results[i]]
@@ -221,7 +259,7 @@ class QueryPipeline:
             return results
         n = self._settings.reranker.candidates
         scores = await self._reranker.rerank_batch(
-            [queries[i].question for i in picked],
+            [questions[i] for i in picked],
             [[read_payload(h.payload).indexed_text() for h in results[i][:n]] for i in picked])
         out = list(results)
         for i, row in zip(picked, scores):
@@ -255,7 +293,7 @@ class QueryPipeline:
             # aclosing: on cancellation or error the LLM stream is closed at once, not drained.
             found = item.context.found
             # Nothing retrieved answers it: the LLM is not asked to improvise.
-            stream = (self._generator.stream(item.query.question, item.context, result) if found
+            stream = (self._generator.stream(item.question, item.context, result, item.query.instructions) if found
                       else stream_words(NOT_FOUND_ANSWER))
             async with aclosing(stream) as stream:
                 async for delta in stream:

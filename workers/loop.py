@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from core.errors import RagError
 from core.events import JobCancelled
+from core.protocol import Query
 from workers.batcher import Batcher
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class ConsumerLoop:
         self._batcher = Batcher(consumer, keys, wait_ms=settings.batch_wait_ms, block_ms=settings.block_ms)
         #: Answers in flight, by job id.
         self._answering: dict[str, InFlight] = {}
+        #: Follow-up questions the LLM is making standalone, by entry id, and the tasks doing it.
+        self._rewriting: dict[bytes, Delivery] = {}
+        self._rewrites: set[asyncio.Task[None]] = set()
         self._indexing: Indexing | None = None
         self._log = log.bind(consumer=consumer.name)
 
@@ -103,9 +107,9 @@ class ConsumerLoop:
 
     async def _step(self) -> bool:
         """Take the next batch, or wait for room; False when a burst worker has nothing left to do."""
-        free = self._settings.max_generations - len(self._answering)
+        free = self._settings.max_generations - len(self._answering) - len(self._rewriting)
         if free <= 0:
-            await asyncio.wait(self._answer_tasks(), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(self._busy(), return_when=asyncio.FIRST_COMPLETED)
             return True
         size = min(self._settings.batch_size, free)
         indexing = self._indexing.task if self._indexing is not None and not self._indexing.task.done() else None
@@ -120,7 +124,7 @@ class ConsumerLoop:
             # Look for queries every few ms, and take the next ingest batch once this one is in.
             await asyncio.wait({indexing}, timeout=INDEXING_POLL_S)
         elif self._burst:
-            busy = self._answer_tasks()
+            busy = self._busy()
             if busy:
                 await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
             elif not self._batcher.holding:
@@ -143,14 +147,43 @@ class ConsumerLoop:
             except Exception as exc:  # noqa: BLE001 - left pending: claimed again after claim_idle_ms
                 self._log.warning("index_failed", error=repr(exc), delivery=delivery.deliveries)
 
-    async def _start_answers(self, deliveries: list[Delivery]) -> None:
-        for item in await self._queries.prepare(deliveries):
+    async def _start_answers(self, deliveries: list[Delivery], rewritten: dict[bytes, str] | None = None) -> None:
+        """Search and start answering; follow-ups the LLM makes standalone first wait for it in a task of their
+        own, so that they hold no other question back."""
+        followups = self._queries.followups
+        later = [d for d in deliveries if rewritten is None and d.job is not None and isinstance(d.job.payload, Query)
+                 and followups.rewrites(d.job.payload)]
+        if later:
+            self._rewriting.update((d.entry_id, d) for d in later)  # claims must see them
+            task = asyncio.create_task(self._rewrite(later))
+            self._rewrites.add(task)
+            task.add_done_callback(self._rewrites.discard)
+            deliveries = [d for d in deliveries if d.entry_id not in self._rewriting]
+        if not deliveries:
+            return
+        for item in await self._queries.prepare(deliveries, rewritten):
             assert item.delivery.job is not None
             record = self._answering[item.delivery.job.id] = InFlight(item)  # before it runs: claims must see it
             record.task = asyncio.create_task(self._answer(record))
 
+    async def _rewrite(self, deliveries: list[Delivery]) -> None:
+        followups = self._queries.followups
+        try:
+            forms = await asyncio.gather(*(followups.rewrite(d.job.payload) for d in deliveries
+                                           if d.job is not None and isinstance(d.job.payload, Query)))
+            await self._start_answers(deliveries, dict(zip((d.entry_id for d in deliveries), forms)))
+        except (RagError, RedisError, OSError) as exc:  # left pending: claimed again after claim_idle_ms
+            self._log.warning("followups_failed", error=str(exc))
+        finally:
+            for delivery in deliveries:
+                self._rewriting.pop(delivery.entry_id, None)
+
     def _answer_tasks(self) -> set[asyncio.Task[None]]:
         return {record.task for record in self._answering.values() if record.task is not None}
+
+    def _busy(self) -> set[asyncio.Task[None]]:
+        """Answers, and follow-ups being made standalone before theirs start."""
+        return self._answer_tasks() | self._rewrites
 
     async def _answer(self, record: InFlight) -> None:
         delivery = record.item.delivery
@@ -175,6 +208,7 @@ class ConsumerLoop:
     def in_progress(self) -> set[bytes]:
         """Entry ids of the messages this consumer is handling now."""
         ids = {record.item.delivery.entry_id for record in self._answering.values()}
+        ids.update(self._rewriting)
         if self._indexing is not None and not self._indexing.task.done():
             ids.update(d.entry_id for d in self._indexing.deliveries)
         ids.update(d.entry_id for d in self._batcher.held)
@@ -182,7 +216,7 @@ class ConsumerLoop:
 
     async def touch_inflight(self) -> None:
         """Keep the answers in flight from looking idle (and being claimed by another consumer)."""
-        ids = [record.item.delivery.entry_id for record in self._answering.values()]
+        ids = [record.item.delivery.entry_id for record in self._answering.values()] + list(self._rewriting)
         await self.consumer.touch(self._keys.queries, ids)
 
     def cancel_job(self, job_id: str) -> None:
@@ -193,13 +227,15 @@ class ConsumerLoop:
             record.task.cancel()
 
     async def _drain(self) -> None:
-        busy = self._answer_tasks()
-        if self._indexing is not None and not self._indexing.task.done():
-            busy.add(self._indexing.task)
-        if not busy:
-            return
-        self._log.info("draining", inflight=len(busy))
-        _, pending = await asyncio.wait(busy, timeout=self._settings.shutdown_grace_s)
+        deadline = asyncio.get_running_loop().time() + self._settings.shutdown_grace_s
+        pending: set[asyncio.Task[None]] = set()
+        # Again until nothing is left: a follow-up made standalone meanwhile starts its answer then.
+        while busy := self._busy() | ({self._indexing.task} if self._indexing and not self._indexing.task.done()
+                                      else set()):
+            self._log.info("draining", inflight=len(busy))
+            _, pending = await asyncio.wait(busy, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            if pending:
+                break
         for task in pending:
             task.cancel()
         if pending:

@@ -29,7 +29,7 @@ from workers.sparse import Bm25Encoder
 from workers.store import filters
 from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
+from workers.store.types import PAGE_CHUNKS_MAX, SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -340,6 +340,12 @@ class EdgeStore:
             if self._log is not None:
                 self._log.append(op)
         return n
+
+    async def page_chunks(self, document_id: str, collection: str, page: int) -> list[Hit]:
+        request = self._qe.ScrollRequest(limit=PAGE_CHUNKS_MAX, with_payload=True, with_vector=False,
+                                         filter=filters.on_page(self._models, document_id, collection, page))
+        records, _ = await self._call(self._shard.scroll, request)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     # ------------------------------------------------------------ optimized generations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from core.payload import COLLECTION, DOCUMENT_ID, INDEX
+from core.payload import COLLECTION, DOCUMENT_ID, INDEX, PAGE, PAGE_END
 
 
 class Models(NamedTuple):
@@ -36,6 +36,13 @@ def of_documents(models: Models, document_id: str | list[str], collections: list
     if from_index is not None:
         must.append(models.condition(key=INDEX, range=models.range(gte=float(from_index))))
     return models.filter(must=must)
+
+
+def on_page(models: Models, document_id: str, collection: str, page: int) -> Any:
+    """The points of a document whose page span holds ``page`` (a page's chunks, for its text)."""
+    return models.filter(must=[_match(models, DOCUMENT_ID, document_id), _match(models, COLLECTION, collection),
+                               models.condition(key=PAGE, range=models.range(lte=float(page))),
+                               models.condition(key=PAGE_END, range=models.range(gte=float(page)))])
 
 
 def _match(models: Models, key: str, value: str | list[str]) -> Any:

@@ -21,7 +21,7 @@ from workers.sparse import Bm25Encoder
 from workers.store import filters
 from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
-from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
+from workers.store.types import PAGE_CHUNKS_MAX, SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
 
 log = structlog.get_logger("workers.store")
 
@@ -214,6 +214,12 @@ class ServerStore:
         n = int((await self._client.count(self._collection, count_filter=where, exact=True)).count)
         await self._client.delete(self._collection, points_selector=models.FilterSelector(filter=where), wait=True)
         return n
+
+    async def page_chunks(self, document_id: str, collection: str, page: int) -> list[Hit]:
+        records, _ = await self._client.scroll(
+            self._collection, scroll_filter=filters.on_page(_filter_models(), document_id, collection, page),
+            limit=PAGE_CHUNKS_MAX, with_payload=True, with_vectors=False)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     async def aclose(self) -> None:
         await self._client.close()

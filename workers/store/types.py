@@ -12,6 +12,8 @@ from core.payload import DENSE, HEADING, SECTION, SPARSE
 #: The layout of the stored points: 1, a dense vector only; 2, a dense and a BM25 (``bm25``) vector,
 #: payload indexes on every filtered field, a contextual header per chunk.
 SCHEMA: Final = 2
+#: Most chunks read for one page's text (a page holds a few; a page of one huge table, a few dozen).
+PAGE_CHUNKS_MAX: Final = 256
 
 
 class Sparse(Struct, frozen=True, array_like=True):
@@ -124,6 +126,10 @@ class VectorStore(Protocol):
 
     async def delete_document(self, document_id: str, collection: str) -> int:
         """Delete every point of a document (visible or staged); returns how many there were."""
+        ...
+
+    async def page_chunks(self, document_id: str, collection: str, page: int) -> list[Hit]:
+        """The published chunks of a document whose page span holds ``page`` (score 0), in no set order."""
         ...
 
     async def aclose(self) -> None: ...
