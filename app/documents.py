@@ -8,41 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from msgspec import Struct
 
-from app.errors import NotFound, documented
+from app.errors import DocumentNotFound, documented
 from app.jobs import links
-from app.schemas import ErrorInfo, Links
+from app.pages import Pages, page_html
+from app.schemas import DocumentView, Links, view
 from app.uploads import Uploads
-from core.documents import DocumentRecord
 from core.errors import BadRequest
 from core.payload import collection_name
 from ingest.documents import Documents
-
-
-class DocumentNotFound(NotFound):
-    code = "document_not_found"
-
-
-class DocumentView(Struct, kw_only=True, omit_defaults=True):
-    id: str
-    collection: str
-    file: str
-    title: str
-    source: str
-    status: str
-    pages: int
-    chunks: int
-    skipped_pages: int = 0
-    ocr_pages: int = 0
-    created_ms: int
-    updated_ms: int
-    job_id: str | None = None
-    error: ErrorInfo | None = None
 
 
 class DocumentList(Struct, kw_only=True):
@@ -63,16 +42,6 @@ class DeleteAccepted(Struct, kw_only=True):
     document_id: str
     collection: str
     links: Links
-
-
-def view(record: DocumentRecord) -> DocumentView:
-    return DocumentView(
-        id=record.id, collection=record.collection, file=record.file, title=record.title, source=record.source,
-        status=record.status, pages=record.pages, chunks=record.chunks, skipped_pages=record.skipped_pages,
-        ocr_pages=record.ocr_pages, created_ms=record.created_ms, updated_ms=record.updated_ms,
-        job_id=record.job_id or None,
-        error=ErrorInfo(code=record.error_code, message=record.error) if record.status == "failed" else None,
-    )
 
 
 class DocumentController(Controller):
@@ -110,6 +79,18 @@ class DocumentController(Controller):
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         return DocumentList(documents=[view(r) for r in found])
+
+    @get("/{document_id:str}/pages/{page:int}", responses=documented(404),
+         summary="A page's indexed text and its document (where a citation's url leads); HTML for a browser")
+    async def page(
+        self, pages: NamedDependency[Pages], document_id: FromPath[str], page: FromPath[int],
+        request: Request[Any, Any, Any],
+        collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
+    ) -> Response[Any]:
+        found = await pages.page(document_id, page, collection)
+        if request.accept.best_match([MediaType.JSON, MediaType.HTML]) == MediaType.HTML:
+            return Response(page_html(found), media_type=MediaType.HTML)
+        return Response(found)
 
     @delete("/{document_id:str}", status_code=HTTP_202_ACCEPTED,
             summary="Delete a document: a job the workers run (they own the store); its events stream over SSE",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
+from msgspec import Struct
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,6 +29,10 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class DocumentNotFound(NotFound):
+    code = "document_not_found"
+
+
 class InvalidLastEventId(BadRequest):
     code = "invalid_last_event_id"
 
@@ -34,6 +40,22 @@ class InvalidLastEventId(BadRequest):
 class JobFinished(RagError):
     code = "job_finished"
     permanent = True
+
+
+class ModelNotFound(NotFound):
+    """An OpenAI-style ``model`` that names no collection with documents."""
+
+    code = "model_not_found"
+
+
+class UnsupportedParameter(BadRequest):
+    """A request parameter this service does not serve (``n`` > 1, ``tools``...): refused, naming it."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
 
 
 class Overloaded(RagError):
@@ -59,7 +81,8 @@ _DESCRIBED = {
     400: "Bad request: invalid JSON or fields (`invalid_json`, `invalid_request`, `empty_question`, "
          "`question_too_long`, `invalid_top_k`, `invalid_last_event_id`, `invalid_collection`, `invalid_upload`, "
          "`invalid_entry_id`, `ambiguous_document`)",
-    404: "No such job, document or dead job (`job_not_found`, `document_not_found`, `dead_job_not_found`)",
+    404: "No such job, document, page, dead job or model (`job_not_found`, `document_not_found`, `page_not_found`, "
+         "`dead_job_not_found`, `model_not_found`)",
     409: "The job has already finished (`job_finished`)",
     413: "The upload is over RAG_INGEST_MAX_FILE_MB (`payload_too_large`)",
     429: "Too many questions are waiting (`overloaded`); retry after the Retry-After header",
@@ -67,41 +90,64 @@ _DESCRIBED = {
 }
 
 
-def documented(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI responses for a route's errors, 400 and 503 always: all have the body
-    ``{"error": {"code", "message"}}``. (Litestar would document its own 400 body otherwise,
-    which this API never sends.)"""
-    return {status: ResponseSpec(data_container=ErrorBody, description=_DESCRIBED[status], generate_examples=False)
+def documented(*statuses: int, body: type[Struct] = ErrorBody) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for a route's errors, 400 and 503 always: all have the body ``body``,
+    ``{"error": {"code", "message"}}`` unless told otherwise. (Litestar would document its own 400 body
+    otherwise, which this API never sends.)"""
+    return {status: ResponseSpec(data_container=body, description=_DESCRIBED[status], generate_examples=False)
             for status in sorted({400, *statuses, 503})}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(
-        {"error": {"code": code, "message": message}},
-        status_code=status,
-        media_type=MediaType.JSON,
-        headers=headers,
-    )
+class Failure(NamedTuple):
+    """An error as the client is told of it, whatever the body's shape."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] | None = None
+    #: The request parameter at fault, where there is one (OpenAI's ``param``).
+    param: str | None = None
 
 
-def handle_rag_error(_: Request[Any, Any, Any], exc: RagError) -> Response[Any]:
+def _ours(failure: Failure) -> Response[Any]:
+    """This API's own shape: ``{"error": {"code", "message"}}``."""
+    return Response({"error": {"code": failure.code, "message": failure.message}}, status_code=failure.status,
+                    media_type=MediaType.JSON, headers=failure.headers)
+
+
+#: OpenAI's error ``type`` by HTTP status.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def openai_error(failure: Failure) -> dict[str, Any]:
+    """OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``, with our stable code."""
+    kind = _OPENAI_TYPES.get(failure.status, "server_error" if failure.status >= 500 else "invalid_request_error")
+    return {"error": {"message": failure.message, "type": kind, "param": failure.param, "code": failure.code}}
+
+
+def _openai(failure: Failure) -> Response[Any]:
+    return Response(openai_error(failure), status_code=failure.status, media_type=MediaType.JSON,
+                    headers=failure.headers)
+
+
+def rag_failure(exc: RagError) -> Failure:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 503 if not exc.permanent else 500)
     headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return error_response(status, exc.code, exc.message, headers=headers)
+    return Failure(status, exc.code, exc.message, headers, getattr(exc, "param", None))
 
 
-def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+def _validation(exc: ValidationException) -> Failure:
     details = "; ".join(str(e.get("message", e)) for e in (exc.extra or []) if isinstance(e, dict))
     message = exc.detail if not details else f"{exc.detail}: {details}"
     code = "invalid_json" if "malformed" in message.lower() or "decode" in message.lower() else "invalid_request"
-    return error_response(400, code, message)
+    return Failure(400, code, message)
 
 
-def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def _http(exc: HTTPException) -> Failure:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     if exc.status_code == 400 and _caused_by_bad_json(exc):
         code = "invalid_json"
-    return error_response(exc.status_code, code, exc.detail, headers=exc.headers)
+    return Failure(exc.status_code, code, exc.detail, exc.headers)
 
 
 def _caused_by_bad_json(exc: BaseException) -> bool:
@@ -113,22 +159,31 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
     return False
 
 
-def handle_redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _redis_down(exc: Exception) -> Failure:
     log.warning("redis_unavailable", error=str(exc))
-    return error_response(503, "redis_unavailable", "the job queue (Redis) is unavailable; retry shortly",
-                          headers={"Retry-After": "2"})
+    return Failure(503, "redis_unavailable", "the job queue (Redis) is unavailable; retry shortly", {"Retry-After": "2"})
 
 
-def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _unexpected(exc: Exception) -> Failure:
     log.exception("unhandled_error", error=repr(exc))
-    return error_response(500, "internal_error", "internal error")
+    return Failure(500, "internal_error", "internal error")
 
 
-EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
-    RagError: handle_rag_error,
-    ValidationException: handle_validation,
-    HTTPException: handle_http,
-    RedisConnectionError: handle_redis_down,
-    RedisTimeoutError: handle_redis_down,
-    Exception: handle_unexpected,
-}
+def exception_handlers(body: Callable[[Failure], Response[Any]]) -> dict[type[Exception] | int, Any]:
+    """Every error mapped to its status and stable code, in the body shape ``body`` gives."""
+    def handler(describe: Callable[[Any], Failure]) -> Callable[[Request[Any, Any, Any], Any], Response[Any]]:
+        return lambda _, exc: body(describe(exc))
+
+    return {
+        RagError: handler(rag_failure),
+        ValidationException: handler(_validation),
+        HTTPException: handler(_http),
+        RedisConnectionError: handler(_redis_down),
+        RedisTimeoutError: handler(_redis_down),
+        Exception: handler(_unexpected),
+    }
+
+
+EXCEPTION_HANDLERS = exception_handlers(_ours)
+#: The OpenAI-compatible routes' errors: OpenAI's shape, our codes (its SDKs retry 429 and 503 as they do OpenAI's).
+OPENAI_EXCEPTION_HANDLERS = exception_handlers(_openai)

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Literal, cast
 
-from app.errors import JobFinished, JobNotFound, Overloaded
+from app.errors import JobFinished, JobNotFound, NotFound, Overloaded
 from app.relay import Relay
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
-from core.errors import BadRequest
+from core.errors import BadRequest, RagError
 from core.keys import Keys, valid_job_id
-from core.protocol import DeadLetter, Done, Error, EventKind, Query, decode_job, job_fields, new_job, read_event
+from core.protocol import (
+    PAGE_NOT_FOUND,
+    UNSUPPORTED_PARAMETER,
+    DeadLetter,
+    Done,
+    Error,
+    Event,
+    EventKind,
+    Interactive,
+    Query,
+    decode_job,
+    job_fields,
+    new_job,
+    read_event,
+)
 from core.queue import CancelResult, JobQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from core.hub import EventHub
+    from core.hub import EventHub, Subscription
     from core.settings import Settings
 
 #: A job's status by the kind of its last event: any other kind means it is running.
 _STATUS: dict[str, JobStatus] = {
     EventKind.DONE: "done", EventKind.ERROR: "failed", EventKind.CANCELLED: "cancelled",
 }
+
+
+#: Errors of a job whose client waits for its result, as the API's errors (others: 503, retry).
+_JOB_ERRORS: dict[str, type[RagError]] = {UNSUPPORTED_PARAMETER: BadRequest, PAGE_NOT_FOUND: NotFound}
 
 
 def links(job_id: str) -> Links:
@@ -45,30 +64,63 @@ class Jobs:
         return Relay(self._hub, self.redis, self.keys.events(job_id), after=after,
                      keepalive_s=self.settings.api.keepalive_s, on_abandon=on_abandon, headers=headers)
 
-    def validate(self, request: QueryRequest) -> Query:
-        limits = self.settings.limits
-        question = request.question.strip()
+    def question(self, text: str) -> str:
+        """A question as asked, stripped; BadRequest for one empty or too long."""
+        limit = self.settings.limits.question_max_chars
+        question = text.strip()
         if not question:
             raise BadRequest("the question is empty", code="empty_question")
-        if len(question) > limits.question_max_chars:
-            raise BadRequest(
-                f"the question has {len(question)} characters; the limit is {limits.question_max_chars}",
-                code="question_too_long",
-            )
-        top_k = request.top_k if request.top_k is not None else limits.top_k_default
+        if len(question) > limit:
+            raise BadRequest(f"the question has {len(question)} characters; the limit is {limit}",
+                             code="question_too_long")
+        return question
+
+    def top_k(self, top_k: int | None) -> int:
+        limits = self.settings.limits
+        top_k = top_k if top_k is not None else limits.top_k_default
         if not 1 <= top_k <= limits.top_k_max:
             raise BadRequest(f"top_k must be between 1 and {limits.top_k_max}", code="invalid_top_k")
-        return Query(question=question, top_k=top_k, collection=request.collection or None)
+        return top_k
+
+    def validate(self, request: QueryRequest) -> Query:
+        return Query(question=self.question(request.question), top_k=self.top_k(request.top_k),
+                     collection=request.collection or None)
 
     async def submit_query(self, request: QueryRequest) -> str:
         query = self.validate(request)
-        job = new_job(query)
+        return await self.submit(query, {"question": query.question})
+
+    async def submit(self, payload: Interactive, record: dict[str, str | int]) -> str:
+        """Put a job on the queries stream with its record; Overloaded when too many wait already."""
+        job = new_job(payload)
         # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
         limit = self.settings.limits.max_backlog
-        backlog = await self._queue.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
+        backlog = await self._queue.submit(job, self.keys.queries, record, max_backlog=limit)
         if backlog is not None:
             raise Overloaded(f"{backlog} questions are waiting; the limit is {limit}. Retry shortly.")
         return job.id
+
+    async def outcome(self, job_id: str) -> list[Event]:
+        """A job's events, waited for up to its terminal one (for jobs whose client wants the whole result)."""
+        async with aclosing(self._hub.follow(self.keys.events(job_id))) as entries:
+            return [entry.event() async for entry in entries]
+
+    async def result(self, job_id: str) -> list[Event]:
+        """The events of a job that ended ``done``; its error, raised, otherwise."""
+        events = await self.outcome(job_id)
+        last = events[-1] if events else None
+        if isinstance(last, Done):
+            return events
+        if isinstance(last, Error):
+            raise _JOB_ERRORS.get(last.code, RagError)(last.message, code=last.code)
+        raise RagError("the job was cancelled", code="cancelled")
+
+    async def follow(self, job_id: str) -> Subscription:
+        """Subscribe to a job's events from its first (for a relay of the API's own)."""
+        return await self._hub.subscribe(self.keys.events(job_id), "0-0")
+
+    def unfollow(self, subscription: Subscription) -> None:
+        self._hub.unsubscribe(subscription)
 
     async def cancel(self, job_id: str) -> Literal["cancelled", "cancelling"]:
         """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""

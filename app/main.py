@@ -13,12 +13,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from redis.exceptions import RedisError
 
+from app.compat import Compat, OpenAIController
 from app.dead import DeadLetterController
 from app.documents import DocumentController
 from app.errors import EXCEPTION_HANDLERS
 from app.jobs import Jobs
+from app.pages import Pages
 from app.routes import QueryController, healthz, readyz
 from app.uploads import Uploads
+from app.web import index
 from core.hub import EventHub
 from core.logs import configure_logging
 from core.redis import connect
@@ -39,6 +42,8 @@ class Services:
     hub: EventHub
     documents: Documents
     uploads: Uploads
+    compat: Compat
+    pages: Pages
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -54,6 +59,8 @@ class Services:
         self.jobs = Jobs(redis, self.settings, self.hub)
         self.documents = Documents(redis, self.settings)
         self.uploads = Uploads(redis, self.settings)
+        self.compat = Compat(self.jobs)
+        self.pages = Pages(self.jobs, self.documents)
         self._loop = asyncio.get_running_loop()
         await self.hub.start()
         try:  # uploads a killed API left half-way end with a clear error
@@ -76,6 +83,8 @@ class Services:
             "jobs": Provide(self._jobs, sync_to_thread=False, use_cache=True),
             "documents": Provide(self._documents, sync_to_thread=False, use_cache=True),
             "uploads": Provide(self._uploads, sync_to_thread=False, use_cache=True),
+            "compat": Provide(self._compat, sync_to_thread=False, use_cache=True),
+            "pages": Provide(self._pages, sync_to_thread=False, use_cache=True),
         }
 
     def _jobs(self) -> Jobs:
@@ -86,6 +95,12 @@ class Services:
 
     def _uploads(self) -> Uploads:
         return self.uploads
+
+    def _compat(self) -> Compat:
+        return self.compat
+
+    def _pages(self) -> Pages:
+        return self.pages
 
     def end_streams(self) -> None:
         """End every open SSE stream now (shutdown): clients resume elsewhere with Last-Event-ID.
@@ -99,7 +114,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     configure_logging(settings.log_level, settings.log_format)
     services = services or Services(settings)
     return Litestar(
-        route_handlers=[QueryController, DeadLetterController, DocumentController, healthz, readyz],
+        route_handlers=[QueryController, DeadLetterController, DocumentController, OpenAIController, healthz, readyz,
+                        index],
         lifespan=[services.lifespan],
         dependencies=services.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from core.hub import entry_key
 from core.protocol import read_event
@@ -40,6 +40,35 @@ def sse_event(entry_id: str, kind: str, data: str) -> bytes:
     return f"id: {entry_id}\nevent: {kind}\n{lines}\n".encode()
 
 
+async def until_hangup(receive: Receive, work: Coroutine[Any, Any, bool],
+                       on_abandon: Callable[[], None] | None) -> None:
+    """Run ``work`` (True once it ended the response itself) while one small task watches for the client
+    hanging up, which cancels it; ``on_abandon`` runs when the response did not end on our side."""
+    task = asyncio.current_task()
+    assert task is not None
+    hung_up = False
+
+    async def watch() -> None:
+        nonlocal hung_up
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        hung_up = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    finished = False
+    try:
+        finished = await work
+    except asyncio.CancelledError:
+        if not hung_up:
+            raise
+        task.uncancel()
+    finally:
+        watcher.cancel()
+        if not finished and on_abandon is not None:
+            on_abandon()
+
+
 class Relay:
     """The ASGI response relaying one job's events after entry id ``after`` until a terminal
     event, with a comment every ``keepalive_s``. Route handlers return it; Litestar passes an
@@ -66,29 +95,7 @@ class Relay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        task = asyncio.current_task()
-        assert task is not None
-        hung_up = False
-
-        async def watch() -> None:
-            nonlocal hung_up
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            hung_up = True
-            task.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
-        finished = False
-        try:
-            finished = await self._relay(send)
-        except asyncio.CancelledError:
-            if not hung_up:
-                raise
-            task.uncancel()
-        finally:
-            watcher.cancel()
-            if not finished and self._on_abandon is not None:
-                self._on_abandon()
+        await until_hangup(receive, self._relay(send), self._on_abandon)
 
     async def _relay(self, send: Send) -> bool:
         """Send the events; True when the stream ended on our side (terminal event, shutdown, too far behind)."""

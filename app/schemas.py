@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
+from core.documents import DocumentRecord
 from core.protocol import Source, Timings, Usage
 
 
@@ -59,6 +60,46 @@ class ErrorBody(Struct):
     error: ErrorInfo
 
 
+class OpenAIErrorInfo(Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class OpenAIErrorBody(Struct):
+    """The OpenAI-compatible routes' errors: OpenAI's shape, this service's codes."""
+
+    error: OpenAIErrorInfo
+
+
 class Health(Struct, kw_only=True):
     status: str
     checks: dict[str, Any] = {}
+
+
+class DocumentView(Struct, kw_only=True, omit_defaults=True):
+    id: str
+    collection: str
+    file: str
+    title: str
+    source: str
+    status: str
+    pages: int
+    chunks: int
+    skipped_pages: int = 0
+    ocr_pages: int = 0
+    created_ms: int
+    updated_ms: int
+    job_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+def view(record: DocumentRecord) -> DocumentView:
+    return DocumentView(
+        id=record.id, collection=record.collection, file=record.file, title=record.title, source=record.source,
+        status=record.status, pages=record.pages, chunks=record.chunks, skipped_pages=record.skipped_pages,
+        ocr_pages=record.ocr_pages, created_ms=record.created_ms, updated_ms=record.updated_ms,
+        job_id=record.job_id or None,
+        error=ErrorInfo(code=record.error_code, message=record.error) if record.status == "failed" else None,
+    )

@@ -8,8 +8,11 @@ without decoding it. Nothing else spells these names: Lua scripts get them put i
 
 from __future__ import annotations
 
+import base64
+import sys
 import time
 import uuid
+from array import array
 from enum import StrEnum
 from typing import Final, Literal, NamedTuple
 
@@ -360,6 +363,14 @@ class Embeddings(Struct, frozen=True, tag=EventKind.EMBEDDINGS.value, tag_field=
 
     vectors: list[str]
     dim: int
+
+
+def decode_vector(text: str) -> list[float]:
+    """One vector of an Embeddings event as floats."""
+    floats = array("f", base64.b64decode(text))
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
 
 
 class PageChunk(Struct, frozen=True, kw_only=True):

@@ -41,10 +41,25 @@ def _chunk(content: str | None, *, finish: str | None = None, usage: dict[str, i
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+def rewrite_for(prompt: str) -> str:
+    """A follow-up made standalone, as a model would: the last question, about the first one's subject."""
+    questions = [line[len("User: "):] for line in prompt.splitlines() if line.startswith("User: ")]
+    return f"{questions[-1]} (regarding: {questions[0]})"
+
+
+def _completion(content: str) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
 @post("/v1/chat/completions")
-async def chat(request: Request[Any, Any, Any]) -> Stream:
+async def chat(request: Request[Any, Any, Any]) -> Stream | dict[str, Any]:
     body = await request.json()
+    request.app.state.setdefault("requests", []).append(body)
     prompt = body["messages"][-1]["content"]
+    if not body.get("stream"):  # a follow-up's rewrite (workers.followups)
+        return _completion(rewrite_for(prompt) if "Rewritten last question" in prompt else answer_for(prompt))
     if "FAIL_PERMANENT" in prompt:
         from litestar.exceptions import HTTPException
 

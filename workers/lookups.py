@@ -39,13 +39,10 @@ MAX_OVERLAP_WORDS = 80
 
 
 def encode_vectors(rows: np.ndarray) -> list[str]:
-    """Each row as little-endian float32, base64: what OpenAI's ``encoding_format: base64`` returns."""
+    """Each row as little-endian float32, base64: what OpenAI's ``encoding_format: base64`` returns (and
+    core.protocol.decode_vector reads)."""
     data = np.ascontiguousarray(rows, dtype="<f4")
     return [base64.b64encode(row.tobytes()).decode() for row in data]
-
-
-def decode_vector(text: str) -> list[float]:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").tolist()  # type: ignore[no-any-return]
 
 
 def joined(texts: list[str]) -> str:

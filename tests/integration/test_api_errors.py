@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from app.main import create_app
@@ -94,7 +95,9 @@ async def test_openapi_documents_the_error_body_every_error_has(client: httpx.As
                 if path.startswith("/v1/") and status[0] in "45":
                     ref = response["content"]["application/json"]["schema"]["$ref"]
                     documented[(method, path, status)] = ref.rsplit("/", 1)[-1]
-    assert set(documented.values()) == {"ErrorBody"}
+    openai_routes = {k: v for k, v in documented.items() if k[1].startswith(("/v1/chat", "/v1/models", "/v1/embed"))}
+    assert set(openai_routes.values()) == {"OpenAIErrorBody"} and ("post", "/v1/chat/completions", "429") in openai_routes
+    assert {v for k, v in documented.items() if k not in openai_routes} == {"ErrorBody"}
     assert {("post", "/v1/ask", "400"), ("post", "/v1/ask", "429"), ("get", "/v1/queries/{job_id}", "404"),
             ("get", "/v1/queries/{job_id}/events", "400"), ("post", "/v1/documents", "413"),
             ("delete", "/v1/queries/{job_id}", "409"), ("post", "/v1/queries", "503")} <= set(documented)
@@ -110,3 +113,28 @@ async def test_redis_down_answers_503_fast(prefix: str, tmp_path: Path) -> None:
             assert error_code(response) == "redis_unavailable"
             ready = await c.get("/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+
+
+def openai_client(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_openai_routes_answer_429_in_openai_shape(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(redis_url, prefix, tmp_path, limits_max_backlog="1")
+    with ThreadedUvicorn(create_app(settings)) as server:
+        async with httpx.AsyncClient(base_url=server.url) as c:
+            assert (await c.post("/v1/queries", json={"question": "waiting, no worker"})).status_code == 202
+        async with openai_client(server.url) as client:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "overloaded" and refused.value.response.headers["retry-after"]
+    assert refused.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+async def test_openai_routes_answer_503_in_openai_shape(prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", prefix, tmp_path)
+    with ThreadedUvicorn(create_app(settings)) as server, pytest.raises(openai.InternalServerError) as down:
+        async with openai_client(server.url) as client:
+            await client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}])
+    assert down.value.status_code == 503 and down.value.code == "redis_unavailable"
+    assert down.value.response.headers["retry-after"]
