@@ -54,8 +54,11 @@ class ChatRequest(Struct, kw_only=True):
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    #: This service's own: sources per answer (the openai SDK sends it with ``extra_body``).
+    #: This service's own (the openai SDK sends them with ``extra_body``, LibreChat with ``addParams``): sources
+    #: per answer, and the cited sources added to the answer's text as markdown links (for clients that
+    #: show no annotations).
     top_k: int | None = None
+    sources_in_answer: bool = False
     n: int | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
@@ -164,7 +167,8 @@ class Compat:
         translation = Translation(
             completion_id=f"chatcmpl-{job_id}", model=request.model, created=int(time.time()),
             url=lambda source: page_url(base_url, source, collection),
-            include_usage=bool(request.stream_options and request.stream_options.include_usage))
+            include_usage=bool(request.stream_options and request.stream_options.include_usage),
+            source_list=request.sources_in_answer)
         return ChatRelay(self._jobs, job_id, translation, stream=request.stream,
                          keepalive_s=self._jobs.settings.api.keepalive_s)
 

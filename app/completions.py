@@ -65,12 +65,14 @@ class Translation:
     """One answer's events as OpenAI chunks (or one completion): pure, no I/O."""
 
     def __init__(self, *, completion_id: str, model: str, created: int, url: Callable[[Source], str],
-                 include_usage: bool = False) -> None:
+                 include_usage: bool = False, source_list: bool = False) -> None:
         self.id = completion_id
         self.model = model
         self.created = created
         self._url = url
         self._include_usage = include_usage
+        #: Add the cited sources to the text, as a markdown list of links: for clients that show no annotations.
+        self._source_list = source_list
         self.sources: list[Source] = []
         #: The content sent so far, and the markers annotated in it (by source number).
         self.text = ""
@@ -150,10 +152,17 @@ class Translation:
         return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                 "total_tokens": u.prompt_tokens + u.completion_tokens}
 
+    def listed(self, done: Done) -> str:
+        """The cited sources as a markdown list of links, to end the answer with (when asked for)."""
+        if not self._source_list or not done.citations:
+            return ""
+        return "\n\nSources:\n" + "".join(f"\n- [{s.n}] [{citation_title(s)}]({self._url(s)})" for s in done.citations)
+
     def closing(self, done: Done) -> list[dict[str, Any]]:
         """The last chunk (sources again, their URLs as ``citations``, usage), and OpenAI's separate usage
         chunk instead when the client asked for it (``stream_options.include_usage``)."""
-        delta: dict[str, Any] = {}
+        listed = self.listed(done)
+        delta: dict[str, Any] = {"content": listed} if listed else {}
         annotations = self._uncited(done, self.text)
         if annotations:
             delta["annotations"] = annotations
@@ -172,7 +181,8 @@ class Translation:
         """The whole answer, not streamed."""
         self.text = ""
         annotations = self._annotations(done.answer, 0, 0) + self._uncited(done, done.answer)
-        message = {"role": "assistant", "content": done.answer, "refusal": None, "annotations": annotations}
+        message = {"role": "assistant", "content": done.answer + self.listed(done), "refusal": None,
+                   "annotations": annotations}
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
                 "usage": self._usage(done), "search_results": self.search_results(),

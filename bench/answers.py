@@ -23,7 +23,6 @@ PDFs. The scores:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench.harness import Context, Row, pct, service_env, settings_of, start_api, start_worker
+from bench.harness import Context, Row, list_main, pct, service_env, settings_of, start_api, start_worker
 from core.redis import connect
 from ingest.producer import Producer
 
@@ -229,16 +228,7 @@ async def run(ctx: Context) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.answers", description=__doc__.split("\n")[0])
-    parser.add_argument("--list", action="store_true", help="print the questions asked")
-    args = parser.parse_args(argv)
-    qs, _ = questions()
-    if args.list:
-        for q in qs:
-            print(json.dumps(msgspec.to_builtins(q)))
-    else:
-        print(f"{len(qs)} questions; run them with: python -m bench answers")
-    return 0
+    return list_main(argv, module="answers", doc=__doc__, items=list(questions()[0]), noun="questions")
 
 
 if __name__ == "__main__":

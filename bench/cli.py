@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "retrieval": ("bench.retrieval", "retrieval quality on the dossier-bench dev set (hit@k, MRR, latency)"),
     "answers": ("bench.answers", ("answer quality on dossier-bench's QA scenarios through /v1/ask: must-facts, "
                 "citations, not-found, injections, TTFT; extractive and SmolLM2")),
+    "followups": ("bench.followups", ("follow-up questions through /v1/chat/completions: the facts their sources hold "
+                  "with the last question alone, the rule, and SmolLM2's rewrite")),
 }
 
 

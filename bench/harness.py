@@ -401,3 +401,18 @@ def check_rows(bench: str, rows: list[Row]) -> None:
         for name, text in (("ours", row.ours), ("baseline", row.baseline), ("ratio", row.ratio)):
             if _NOT_A_NUMBER.search(text) or _ZERO.search(text) or (text.strip() and not re.search(r"\d", text)):
                 raise BenchmarkError(f"{bench}: {row.measure}: an empty, zero or NaN figure in its {name}: {text!r}")
+
+
+def list_main(argv: list[str] | None, *, module: str, doc: str, items: list[msgspec.Struct], noun: str) -> int:
+    """``python -m bench.<module> [--list]``: print what the benchmark asks, one JSON line each, or how many."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc.split("\n")[0])
+    parser.add_argument("--list", action="store_true", help=f"print the {noun}")
+    if parser.parse_args(argv).list:
+        for item in items:
+            print(json.dumps(msgspec.to_builtins(item)))
+    else:
+        print(f"{len(items)} {noun}; run them with: python -m bench {module}")
+    return 0

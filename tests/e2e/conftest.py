@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,25 @@ def start_service(tmp: Path, redis_url: str, prefix: str, **overrides: str) -> S
                 "--log-level", "warning"], env, tmp / "api.log")
     wait_for_port(port, proc=api.proc)
     return Service(env, f"http://127.0.0.1:{port}", worker, api, tmp)
+
+
+@contextmanager
+def running_service(tmp: Path, redis_url: str, name: str, **overrides: str) -> Iterator[Service]:
+    """A service for a whole test module (a prefix of its own), stopped at the end."""
+    service = start_service(tmp, redis_url, f"{name}{int(time.time() * 1000) % 10**9}", **overrides)
+    try:
+        yield service
+    finally:
+        service.api.stop()
+        service.worker.stop()
+
+
+@pytest.fixture(scope="module")
+def module_llm() -> Iterator[Any]:
+    """The loopback fake LLM for a test module: its app (to read what it was sent, to slow it down) and its URL."""
+    app = create_fake_openai()
+    with ThreadedUvicorn(app) as server:
+        yield app, f"{server.url}/v1"
 
 
 @pytest.fixture

@@ -11,34 +11,20 @@ import numpy as np
 import openai
 import pytest
 
-from tests.e2e.conftest import Service, start_service
-from tests.fake_openai import create_fake_openai
+from tests.e2e.conftest import Service, running_service
 from tests.pdfs import FACTS, write_pdf
-from tests.servers import ThreadedUvicorn
 
 ZEPHYR = "Where does the Zephyr turbine generate electricity?"
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[Any]:
-    """The loopback fake LLM (its app, to read what it was sent and to slow it down) and its base URL."""
-    app = create_fake_openai()
-    with ThreadedUvicorn(app) as server:
-        yield app, f"{server.url}/v1"
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, llm: Any) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_llm: Any) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("openai")
-    svc = start_service(tmp, redis_url, f"oa{int(time.time() * 1000) % 10**9}", llm_backend="openai",
-                        llm_base_url=llm[1], ingest_chunk_words="40", ingest_overlap_words="5")
-    try:
+    with running_service(tmp, redis_url, "oa", llm_backend="openai", llm_base_url=module_llm[1], ingest_chunk_words="40",
+                         ingest_overlap_words="5") as svc:
         run = svc.ingest(write_pdf(tmp / "facts.pdf", {page: text * 2 for page, text in FACTS.items()}))
         assert run.returncode == 0, run.stderr
         yield svc
-    finally:
-        svc.api.stop()
-        svc.worker.stop()
 
 
 def client(service: Service, **kwargs: Any) -> openai.OpenAI:
@@ -100,8 +86,8 @@ async def test_async_client_streaming_and_not(service: Service) -> None:
     assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-2].usage is None
 
 
-def test_a_follow_up_is_searched_standalone_and_the_system_message_kept(service: Service, llm: Any) -> None:
-    app = llm[0]
+def test_a_follow_up_is_searched_standalone_and_the_system_message_kept(service: Service, module_llm: Any) -> None:
+    app = module_llm[0]
     sent = len(app.state.get("requests", []))
     completion = client(service).chat.completions.create(model="default", messages=[
         {"role": "system", "content": "Answer like a pirate."},
@@ -118,8 +104,8 @@ def test_a_follow_up_is_searched_standalone_and_the_system_message_kept(service:
     assert completion.search_results[0]["page"] == 3  # type: ignore[attr-defined]
 
 
-def test_hanging_up_cancels_the_job(service: Service, llm: Any) -> None:
-    app = llm[0]
+def test_hanging_up_cancels_the_job(service: Service, module_llm: Any) -> None:
+    app = module_llm[0]
     app.state.token_delay, app.state.repeat = 0.05, 20
     try:
         with client(service).chat.completions.create(

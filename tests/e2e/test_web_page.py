@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service, start_service
-from tests.fake_openai import create_fake_openai
+from tests.e2e.conftest import Service, running_service
 from tests.pdfs import FACTS, write_pdf
-from tests.servers import Proc, ThreadedUvicorn, wait_for_port
+from tests.servers import Proc, wait_for_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -50,22 +49,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def slow_llm() -> Iterator[Any]:
-    app = create_fake_openai()
-    with ThreadedUvicorn(app) as server:
-        yield app, f"{server.url}/v1"
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, slow_llm: Any) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("page")
-    svc = start_service(tmp, redis_url, f"pg{int(time.time() * 1000) % 10**9}", llm_backend="openai",
-                        llm_base_url=slow_llm[1], ingest_chunk_words="40", ingest_overlap_words="5", ingest_ocr="false")
-    try:
+def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_llm: Any) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("page"), redis_url, "pg", llm_backend="openai",
+                         llm_base_url=module_llm[1], ingest_chunk_words="40", ingest_overlap_words="5",
+                         ingest_ocr="false") as svc:
         yield svc
-    finally:
-        svc.api.stop()
-        svc.worker.stop()
 
 
 def wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
@@ -85,7 +73,7 @@ def restart_api(service: Service) -> None:
     wait_for_port(int(port), proc=service.api.proc)
 
 
-def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, service: Service, slow_llm: Any,
+def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, service: Service, module_llm: Any,
                                                             tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -106,7 +94,7 @@ def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, servi
     wait(lambda: "tidal-report.pdf" in element("#documents").text and "ready" in element("#documents").text,
          what="the document in the list")
 
-    app = slow_llm[0]
+    app = module_llm[0]
     app.state.token_delay, app.state.repeat = 0.08, 6
     try:
         element("#question").send_keys("Where does the Zephyr turbine generate electricity?")

@@ -69,3 +69,12 @@ def test_not_streamed_the_message_carries_every_annotation() -> None:
         (2, "http://x/2"), (9, "http://x/1")]
     assert citation_title(Source(n=1, file="f.pdf", page=2, page_end=4, score=0, snippet="", document_id="d",
                                  chunk_id="c")) == "f.pdf, pp. 2-4"
+
+
+def test_sources_listed_in_the_answer_for_clients_that_show_no_annotations() -> None:
+    t = Translation(completion_id="c", model="m", created=1, url=lambda s: f"http://x/{s.n}", source_list=True)
+    t.opening(Sources(sources=[source(1)]))
+    done = Done(answer="Tides [1].", citations=[source(1)])
+    assert t.completion(done)["choices"][0]["message"]["content"] == (
+        "Tides [1].\n\nSources:\n\n- [1] [A report, p. 1](http://x/1)")
+    assert t.closing(done)[0]["choices"][0]["delta"]["content"].endswith("(http://x/1)")
