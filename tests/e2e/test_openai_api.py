@@ -59,6 +59,9 @@ def test_streaming_sources_first_annotations_then_citations_and_usage(service: S
     page = httpx.get(cited["url"]).json()
     assert page["page"] == 1 and page["document"]["file"] == "facts.pdf" and "Zephyr turbine" in page["text"]
     assert "<h1>" in httpx.get(cited["url"], headers={"Accept": "text/html"}).text
+    missing = httpx.get(cited["url"].replace("/pages/1", "/pages/99")).json()
+    assert missing == {"error": {"code": "page_not_found", "message": "document " + page["document"]["id"]
+                                 + " has pages 1 to 4, not 99"}}
 
 
 def test_not_streaming_message_annotations_and_usage(service: Service) -> None:

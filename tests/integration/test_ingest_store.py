@@ -69,3 +69,14 @@ async def test_delete_document_counts_visible_and_staged(store: VectorStore) -> 
     assert await store.count_document("doc", "default", staged=True) == 0
     assert await store.count() == 2
     assert await store.delete_document("doc", "default") == 0
+
+
+async def test_page_chunks_are_the_documents_chunks_whose_span_holds_the_page(store: VectorStore) -> None:
+    spans = [(1, 1), (1, 2), (2, 2), (3, 4)]
+    points = [PointIn(p.id, p.vector, {**p.payload, "page": a, "page_end": b})
+              for p, (a, b) in zip(_points("doc", 4, "default"), spans)]
+    others = [PointIn(p.id, p.vector, {**p.payload, "page": 2, "page_end": 2}) for p in _points("doc", 1, "b")]
+    await store.upsert(points + others + _points("doc", 1, staging("default"), start=9))
+    assert sorted(h.payload["index"] for h in await store.page_chunks("doc", "default", 2)) == [1, 2]
+    assert sorted(h.payload["index"] for h in await store.page_chunks("doc", "default", 4)) == [3]
+    assert await store.page_chunks("doc", "default", 5) == []

@@ -12,8 +12,10 @@ import pytest
 from redis.asyncio import Redis
 
 from app.main import create_app
+from core.hub import EventHub
 from core.keys import Keys
-from core.protocol import EMPTY_COLLECTION, NOT_FOUND_ANSWER
+from core.protocol import EMPTY_COLLECTION, NOT_FOUND_ANSWER, Done, Embed, Embeddings, Query, decode_vector, new_job
+from core.queue import JobQueue
 from core.redis import connect
 from ingest.producer import Producer
 from tests.conftest import make_settings
@@ -186,3 +188,27 @@ async def test_extractive_answers_cite_their_sentences_and_say_what_they_cannot(
     assert unknown[0].event == "sources"  # what was retrieved is still shown
     assert [e.event for e in empty] == ["sources", "error"] and empty[0].data["sources"] == []
     assert empty[1].data["code"] == EMPTY_COLLECTION and "nothing-here" in empty[1].data["message"]
+
+
+async def test_embedding_jobs_share_the_batch_embed_call_with_questions(settings) -> None:  # type: ignore[no-untyped-def]
+    redis = connect(settings.redis)
+    keys = Keys(settings.redis.prefix)
+    queue = JobQueue(redis, keys, settings.limits)
+    embed, query = new_job(Embed(texts=["tidal power", "kelp"])), new_job(Query(question="What about tides?"))
+    for job in (embed, query):  # both wait before the worker starts: they are read in one batch
+        await queue.submit(job, keys.queries, {})
+    try:
+        async with running_worker(settings) as worker:
+            hub = EventHub(redis, Redis(connection_pool=redis.connection_pool, single_connection_client=True))
+            await hub.start()
+            try:
+                events = [e.event() async for e in hub.follow(keys.events(embed.id))]
+            finally:
+                await hub.stop()
+    finally:
+        await redis.aclose()
+    assert worker.metrics is not None  # counted once the worker has stopped: every ack is in
+    assert worker.metrics.local["query_embed_calls"] == 1 and worker.metrics.local["lookups"] == 1
+    vectors, done = events
+    assert isinstance(vectors, Embeddings) and isinstance(done, Done) and vectors.dim == 384
+    assert [len(decode_vector(v)) for v in vectors.vectors] == [384, 384] and done.usage.prompt_tokens == 3
