@@ -74,7 +74,11 @@ async def chat(request: Request[Any, Any, Any]) -> Stream | dict[str, Any]:
 
         state.streams_started = state.get("streams_started", 0) + 1
         try:
+            gate = state.get("gate")  # a threading.Event: after `gate_after` words the stream waits for it
             for i, word in enumerate(words):
+                if gate is not None and i == state.get("gate_after", 3):
+                    while not gate.is_set():
+                        await asyncio.sleep(0.01)
                 yield _chunk(word if i == 0 else " " + word)
                 if delay:
                     await asyncio.sleep(delay)

@@ -172,8 +172,8 @@ class ConsumerLoop:
             forms = await asyncio.gather(*(followups.rewrite(d.job.payload) for d in deliveries
                                            if d.job is not None and isinstance(d.job.payload, Query)))
             await self._start_answers(deliveries, dict(zip((d.entry_id for d in deliveries), forms)))
-        except (RagError, RedisError, OSError) as exc:  # left pending: claimed again after claim_idle_ms
-            self._log.warning("followups_failed", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - left pending: claimed again after claim_idle_ms
+            self._log.warning("followups_failed", error=repr(exc))
         finally:
             for delivery in deliveries:
                 self._rewriting.pop(delivery.entry_id, None)

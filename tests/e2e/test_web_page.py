@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,17 +96,18 @@ def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, servi
          what="the document in the list")
 
     app = module_llm[0]
-    app.state.token_delay, app.state.repeat = 0.08, 6
+    app.state.gate, app.state.repeat = threading.Event(), 2  # the answer stops after 3 words until the gate opens
     try:
         element("#question").send_keys("Where does the Zephyr turbine generate electricity?")
         element("#ask-button").click()
         wait(lambda: present("#sources li"), what="the sources")
-        wait(lambda: len(element("#answer").text) > 20, what="tokens to arrive")
+        wait(lambda: element("#answer").text, what="the first token")
         assert not element("#answer").get_attribute("data-done")
         restart_api(service)  # mid-answer: the browser reconnects, and the stream resumes after its last event
+        app.state.gate.set()
         wait(lambda: element("#answer").get_attribute("data-done"), timeout=60, what="the answer to finish")
     finally:
-        app.state.token_delay, app.state.repeat = 0.0, 1
+        app.state.gate, app.state.repeat = None, 1
     job = httpx.get(f"{service.api_url}/v1/queries/{element('#answer').get_attribute('data-job')}").json()
     assert int(browser.execute_script("return document.body.dataset.reconnects || 0")) >= 1
     # Nothing lost, nothing repeated: the tokens the page received are the answer, word for word.
