@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from contextlib import aclosing
-from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,18 +71,6 @@ class Prepared(Struct):
 
 def to_sources(hits: list[Hit]) -> list[Source]:
     return [_source(i, h, read_payload(h.payload)) for i, h in enumerate(hits, start=1)]
-
-
-def interleaved(first: list[Hit], second: list[Hit]) -> list[Hit]:
-    """Two rankings as one: their hits taken in turn, each chunk once."""
-    out: list[Hit] = []
-    seen: set[str] = set()
-    for pair in zip_longest(first, second):
-        for hit in pair:
-            if hit is not None and hit.id not in seen:
-                seen.add(hit.id)
-                out.append(hit)
-    return out
 
 
 def _source(n: int, hit: Hit, chunk: ChunkPayload) -> Source:
@@ -176,11 +163,7 @@ class QueryPipeline:
                        done: list[Delivery]) -> list[Prepared]:
         queries = [q for _, q in valid]
         extra = [t for _, e in embeds for t in e.texts]
-        # A follow-up is searched twice, standalone and as asked, and the two rankings interleaved: context
-        # finds what the question names too little of, and costs nothing when it names enough.
-        hedged = [i for i, (q, text) in enumerate(zip(queries, questions)) if text != q.question]
-        searches, embedded, vectors, extra_rows = await self._searches(
-            queries + [queries[i] for i in hedged], questions + [queries[i].question for i in hedged], extra)
+        searches, embedded, vectors, extra_rows = await self._searches(queries, questions, extra)
         if embeds:
             lookups = lookups + self._lookups.embedded(embeds, extra_rows)
         embedded_at = time.perf_counter()
@@ -189,10 +172,8 @@ class QueryPipeline:
         limit = max(max(q.top_k for q in queries), candidates)
         # Fused (the heading arm among the arms), every candidate before the top is cut: a question that names
         # a section gets the chunk it starts with first.
-        ranked = await self._store.search_batch(searches, limit=limit, fusion=self._fusion, rerank=self._rank_headings)
-        results = ranked[: len(queries)]
-        for i, asked in zip(hedged, ranked[len(queries):]):
-            results[i] = interleaved(results[i], asked)
+        results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion,
+                                                 rerank=self._rank_headings)
         results = await self._reranked(questions, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})

@@ -8,9 +8,7 @@ short prompt asks it to rewrite the question as one that stands alone, within
 ``rewrite_tokens`` and ``rewrite_timeout_s``; a reply that is empty, too long or a refusal, a
 timeout or an error gives the rule's form instead. Assistant turns are shown to the LLM (cut
 short), never mined by the rule: they quote documents at length, and their words drown the
-question's. The question is searched as asked too, and both rankings interleaved
-(workers.answers): on dossier-bench's follow-ups, where most questions name enough, the
-standalone form alone found fewer of the facts than the question alone.
+question's.
 """
 
 from __future__ import annotations

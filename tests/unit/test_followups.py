@@ -33,13 +33,3 @@ def test_the_rewrite_prompt_cuts_assistant_turns_short() -> None:
     prompt = rewrite_messages("Second?", long)[1]["content"]
     assert "User: First?" in prompt and prompt.rstrip().endswith("Rewritten last question:")
     assert len(prompt) < 500
-
-
-def test_a_follow_ups_two_rankings_are_taken_in_turn_each_chunk_once() -> None:
-    from workers.answers import interleaved
-    from workers.store import Hit
-
-    def hits(*ids: str) -> list[Hit]:
-        return [Hit(i, 1.0, {}) for i in ids]
-
-    assert [h.id for h in interleaved(hits("a", "b", "c"), hits("b", "d"))] == ["a", "b", "d", "c"]
