@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
 
 from core.settings import Settings, load_settings
 from tests.fake_openai import create_fake_openai
@@ -73,6 +74,15 @@ def fake_llm() -> Iterator[str]:
     """An OpenAI-compatible server on loopback; yields its /v1 base URL."""
     with ThreadedUvicorn(create_fake_openai()) as server:
         yield f"{server.url}/v1"
+
+
+@pytest.fixture
+def llm_app() -> Iterator[tuple[Litestar, str]]:
+    """A fake LLM of the test's own, whose faults, counters and gate it sets (tests/fake_openai.py):
+    yields (app, /v1 base URL)."""
+    app = create_fake_openai()
+    with ThreadedUvicorn(app) as server:
+        yield app, f"{server.url}/v1"
 
 
 def settings_env(redis_url: str, prefix: str, data_dir: Path, **overrides: str) -> dict[str, str]:

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from core.keys import Keys
 from tests.conftest import child_env, settings_env
-from tests.fake_openai import create_fake_openai
-from tests.servers import Proc, ThreadedUvicorn, free_port, wait_for_port
+from tests.servers import Proc, free_port, wait_for_port
 
 
 class Service(msgspec.Struct):
@@ -23,6 +23,10 @@ class Service(msgspec.Struct):
     worker: Proc
     api: Proc
     tmp: Path
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.env["RAG_REDIS_PREFIX"])
 
     def ingest(self, *paths: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ingest", "--json", *map(str, paths)], env=self.env,
@@ -50,12 +54,10 @@ def start_service(tmp: Path, redis_url: str, prefix: str, **overrides: str) -> S
 
 
 @pytest.fixture
-def slow_llm_app() -> Iterator[Any]:
-    """The fake LLM, 30 ms per token: streams long enough to interrupt. Yields (app, base URL)."""
-    app = create_fake_openai()
-    app.state.token_delay = 0.03
-    with ThreadedUvicorn(app) as server:
-        yield app, f"{server.url}/v1"
+def slow_llm_app(llm_app: Any) -> Any:
+    """The fake LLM, 30 ms per token: streams long enough to interrupt. (app, base URL)."""
+    llm_app[0].state.token_delay = 0.03
+    return llm_app
 
 
 @pytest.fixture
