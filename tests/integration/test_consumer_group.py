@@ -127,6 +127,22 @@ async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -
     assert await redis.get(lease) == b"someone else" and await redis.pttl(lease) == -1  # not ours: untouched
 
 
+async def test_a_lease_that_expired_while_redis_was_away_is_taken_back(redis: Redis, prefix: str) -> None:
+    """After an outage longer than a lease, the live worker's next beat holds its name again: a worker
+    starting on the same host then gets another name, and leaves the live one's jobs alone."""
+    from workers.registry import Registry
+
+    keys = Keys(prefix)
+    registry = Registry(redis, keys, host="h")
+    (name,) = await registry.claim_names(1)
+    lease = f"{keys.workers}:lease:{name}"
+    held = await redis.get(lease)
+    await redis.delete(lease)  # expired while Redis was away
+    await registry.beat()
+    assert await redis.get(lease) == held and await redis.pttl(lease) > 1000
+    assert await Registry(redis, keys, host="h").claim_names(1) == ["h-1"]
+
+
 async def test_release_with_redis_gone_does_not_raise(redis: Redis, prefix: str) -> None:
     """Ctrl-C under scripts/up stops Valkey with the worker: giving names back is best effort."""
     from redis.asyncio import Redis as AsyncRedis
