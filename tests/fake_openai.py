@@ -10,6 +10,7 @@ once), ``stall`` (no response at all), ``stall@N`` (N tokens, then nothing more)
 ``app.state.requests`` (its arrival time and prompt): a test counts attempts. A question with
 ``HOLD`` in it streams ``app.state.hold_after`` tokens (0: none), then waits until
 ``app.state.gate`` (a ``threading.Event``) is set; a question with ``FAIL_PERMANENT``, 400.
+``app.state.embed_delay`` (seconds) slows every embeddings request.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ async def embeddings(request: Request[Any, Any, Any]) -> dict[str, Any]:
     body = await request.json()
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     request.app.state.embed_calls = request.app.state.get("embed_calls", 0) + 1
+    await asyncio.sleep(float(request.app.state.get("embed_delay", 0.0)))
     return {
         "object": "list",
         "model": body.get("model", "fake"),

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import structlog
@@ -223,6 +224,8 @@ class ConsumerLoop:
         self.items: dict[str, Prepared] = {}
         self.indexing: asyncio.Task[None] | None = None
         self.indexing_deliveries: list[Delivery] = []
+        #: Read and being worked on, not yet in ``items`` (a batch in retrieval) or indexed inline (claimed ingest).
+        self.in_hand: dict[bytes, Delivery] = {}
         self.events = events
         self.cancelled: set[str] = set()
         self._last_claim = 0.0
@@ -337,8 +340,10 @@ class ConsumerLoop:
         if stream == keys.queries and live:
             await self._announce(live)
             await self._start_answers(live)
-        for delivery in live if stream == keys.ingest else []:
-            await self.indexer.index(delivery)
+        if stream == keys.ingest:
+            with self._holding(live):
+                for delivery in live:
+                    await self.indexer.index(delivery)
 
     async def _announce(self, deliveries: list[Delivery]) -> None:
         """The `restart` event of every taken-over query not yet told, in one round trip."""
@@ -348,12 +353,23 @@ class ConsumerLoop:
         for delivery in fresh:
             delivery.announced = True
 
+    def handling(self) -> list[Delivery]:
+        """The messages this consumer is handling now: answers, ingest batches, and those read but not started."""
+        return [*(item.delivery for item in self.items.values()), *self.in_hand.values(),
+                *self.indexing_deliveries, *self.batcher.held]
+
     def working_on(self) -> set[bytes]:
         """Entry ids of the messages this consumer is handling now."""
-        ids = {item.delivery.entry_id for item in self.items.values()}
-        ids.update(d.entry_id for d in self.indexing_deliveries)
-        ids.update(d.entry_id for d in self.batcher.held)
-        return ids
+        return {d.entry_id for d in self.handling()}
+
+    @contextlib.contextmanager
+    def _holding(self, deliveries: list[Delivery]) -> Iterator[None]:
+        self.in_hand.update((d.entry_id, d) for d in deliveries)
+        try:
+            yield
+        finally:
+            for delivery in deliveries:
+                self.in_hand.pop(delivery.entry_id, None)
 
     async def _not_in_progress(self, claimed: list[Delivery]) -> list[Delivery]:
         """Those of ``claimed`` that no consumer of this process is handling, and whose job
@@ -376,7 +392,9 @@ class ConsumerLoop:
         return [d for d in rest if d.entry_id not in recent]
 
     async def _start_answers(self, deliveries: list[Delivery]) -> None:
-        for item in await self.queries.prepare(deliveries):
+        with self._holding(deliveries):  # retrieval can take long (a remote embedder, a reranker)
+            prepared = await self.queries.prepare(deliveries)
+        for item in prepared:
             assert item.delivery.job is not None
             self.items[item.delivery.job.id] = item  # before the task runs: the claim loop must see it
             task = asyncio.create_task(self._answer(item))
@@ -384,8 +402,12 @@ class ConsumerLoop:
             task.add_done_callback(self.inflight.discard)
 
     async def touch_inflight(self) -> None:
-        ids = [t.delivery.entry_id for t in self.items.values()]
-        await self.consumer.touch(self.worker.keys.queries, ids)
+        """Keep every message this consumer handles from looking idle: answers, and ingest batches too."""
+        by_stream: dict[str, list[bytes]] = {}
+        for delivery in self.handling():
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        for stream, ids in by_stream.items():
+            await self.consumer.touch(stream, ids)
 
     def cancel_job(self, job_id: str) -> None:
         """Stop a generation now (its client cancelled): the LLM stream is closed, not drained."""

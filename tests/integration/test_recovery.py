@@ -77,3 +77,25 @@ async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str,
                 ready = (await client.get("/readyz")).json()
                 assert ready["status"] == "ok" and ready["checks"]["workers"] == 1
     await redis.aclose()
+
+
+async def test_an_ingest_batch_being_indexed_never_looks_idle(redis_url: str, prefix: str, tmp_path: Path,
+                                                             llm_app) -> None:  # type: ignore[no-untyped-def]
+    """An ingest batch whose embedding takes three claim timeouts (a slow embeddings endpoint) is kept from
+    looking idle by the heartbeat, as answers are: no other worker process would take it over."""
+    llm, base_url = llm_app
+    settings = make_settings(redis_url, prefix, tmp_path, worker_claim_idle_ms="1000", embedder_backend="openai",
+                             embedder_base_url=base_url)
+    keys = Keys(prefix)
+    redis = Redis.from_url(redis_url)
+    async with running_worker(settings):
+        llm.state.embed_delay = 3.0
+        indexing = asyncio.create_task(index_facts(settings, tmp_path))
+        idle = []
+        while not indexing.done():
+            idle += [p["time_since_delivered"] for p in
+                     await redis.xpending_range(keys.ingest, GROUP, "-", "+", 100)]
+            await asyncio.sleep(0.05)
+        await indexing
+    await redis.aclose()
+    assert idle and max(idle) < 1000, f"an ingest batch being indexed looked idle for {max(idle)} ms"
