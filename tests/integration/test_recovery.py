@@ -73,7 +73,8 @@ async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str,
                 assert requeued.status_code == 202 and requeued.json()["id"] == given_up
                 assert await events_of(redis, keys, given_up, b"done") == [b"sources", b"token", b"done"]
                 assert (await client.get("/v1/dead")).json() == []
-                assert (await client.post("/v1/dead/1-0/requeue")).status_code == 404
+                gone = await client.post("/v1/dead/1-0/requeue")
+                assert gone.status_code == 404 and gone.json()["error"]["code"] == "dead_job_not_found"
                 ready = (await client.get("/readyz")).json()
                 assert ready["status"] == "ok" and ready["checks"]["workers"] == 1
     await redis.aclose()
