@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from app.main import create_app
+from app.main import API_REPLY_TIMEOUT_S, create_app
 from tests.conftest import make_settings
 from tests.servers import ThreadedUvicorn, free_port, redis_like_server, valkey_binary
 
@@ -141,6 +141,24 @@ async def test_redis_gone_answers_503_at_once(prefix: str, tmp_path: Path) -> No
                 await refused(c, "GET", f"/v1/queries/{job_id}")
                 ready = await c.get("/readyz")
                 assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("error")
+
+
+async def test_redis_that_does_not_answer_gets_503_within_the_reply_timeout(prefix: str, tmp_path: Path) -> None:
+    """A Redis that takes connections but answers nothing (frozen, or cut off without a reset): each request
+    gets its 503 once the API's reply timeout has passed, not after the blocking reads' 60 s, retried."""
+    with redis_like_server(valkey_binary(), tmp_path / "valkey") as url:
+        settings = make_settings(url, prefix, tmp_path)
+        with ThreadedUvicorn(create_app(settings)) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=300) as c:
+                assert (await c.post("/v1/queries", json={"question": "still there?"})).status_code == 202
+                with redis.Redis.from_url(url) as r:
+                    r.client_pause(120_000, all=True)  # every command waits; the server is stopped after
+                started = time.monotonic()
+                response = await c.post("/v1/queries", json={"question": "is anyone there?"})
+                took = time.monotonic() - started
+                assert response.status_code == 503 and error_code(response) == "redis_unavailable"
+                assert int(response.headers["retry-after"]) > 0
+                assert took < API_REPLY_TIMEOUT_S + AT_ONCE_S, f"503 after {took:.1f} s"
 
 
 async def test_redis_never_there_answers_503_at_once(prefix: str, tmp_path: Path) -> None:
