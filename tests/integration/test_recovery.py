@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app.main import create_app
+from core.events import EventWriter
 from core.keys import GROUP, Keys
-from core.protocol import Query, encode_job, new_job
+from core.protocol import Done, Query, Token, encode_job, new_job
 from tests.conftest import make_settings
 from tests.servers import ThreadedUvicorn
 from tests.workers_inproc import running_worker
@@ -100,3 +101,32 @@ async def test_an_ingest_batch_being_indexed_never_looks_idle(redis_url: str, pr
         await indexing
     await redis.aclose()
     assert idle and max(idle) < 1000, f"an ingest batch being indexed looked idle for {max(idle)} ms"
+
+
+async def test_a_job_whose_events_still_move_is_not_claimed(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """A job that looks idle to Redis (its consumer's touches failed through an outage) while its events
+    keep coming is alive in another worker process: the claim pass leaves it to that worker."""
+    settings = make_settings(redis_url, prefix, tmp_path, worker_claim_idle_ms="1000")
+    keys = Keys(prefix)
+    redis = Redis.from_url(redis_url)
+    elsewhere = EventWriter(redis, keys, settings.limits)  # the other worker, still answering
+    async with running_worker(settings):
+        job_id = await orphan(redis, keys, "answered elsewhere", deliveries=1)  # idle 10 s: past the timeout
+
+        async def claim_pass_seen() -> bool:
+            await elsewhere.emit(job_id, Token(text="more "))  # a token every 0.2 s: its stream moves
+            pending = await redis.xpending_range(keys.queries, GROUP, "-", "+", 10)
+            return pending[0]["times_delivered"] >= 2  # XAUTOCLAIM counted it, then left it
+
+        for _ in range(150):
+            if await claim_pass_seen():
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no claim pass looked at the job")
+        await elsewhere.emit(job_id, Done(answer="answered elsewhere"))
+        (entry_id, _), = await redis.xrange(keys.queries)
+        await redis.xack(keys.queries, GROUP, entry_id)
+    kinds = {f[b"type"] for _, f in await redis.xrange(keys.events(job_id))}
+    await redis.aclose()
+    assert kinds == {b"token", b"done"}, kinds  # no restart, no sources: the worker never took it
