@@ -220,7 +220,7 @@ def test_a_process_that_fails_at_start_is_given_up_on_and_ctrl_c_stops_the_rest(
     run = Run(tmp_path, RAG_WORKER_BATCH_SIZE="0")  # invalid: the worker (and the API) exit at once
     try:
         run.until("supervisord to give up on the worker",
-                  lambda: "gave up: worker entered FATAL state" in run.output(), timeout=60)
+                  lambda: "gave up: worker entered FATAL state" in run.output(), timeout=180)
         pids = run.pids()
         run.ctrl_c()
         assert not run.gone(pids)
