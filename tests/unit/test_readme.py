@@ -28,3 +28,14 @@ def test_the_two_commands_exist() -> None:
     root = Path(__file__).parents[2]
     assert "scripts/up" in README and "scripts/test" in README
     assert "scripts/test" in (root / ".ci" / "run").read_text()
+
+
+def test_every_test_tests_readme_names_exists() -> None:
+    """tests/README.md maps the README's promises to tests: a renamed or deleted test must not leave it stale."""
+    tests = Path(__file__).parents[1]
+    named = re.findall(r"`((?:e2e|integration|unit)/\w+\.py)(?:::(\w+))?`(?:, `::(\w+)`)?", (tests / "README.md").read_text())
+    assert len(named) > 30
+    for path, *functions in named:
+        source = (tests / path).read_text()
+        for function in filter(None, functions):
+            assert re.search(rf"^(async )?def {function}\(", source, flags=re.MULTILINE), f"{path}::{function}"
