@@ -7,6 +7,8 @@ and counts every request it gets: the attempts are counted, not guessed from the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,16 @@ def llm_settings(redis_url: str, prefix: str, tmp_path: Path, base_url: str, **o
         **overrides})
 
 
+@asynccontextmanager
+async def answering(redis_url: str, prefix: str, tmp_path: Path, base_url: str,
+                    **overrides: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """A worker and the API on the LLM at ``base_url``, a PDF indexed: yields (settings, an API client)."""
+    settings = llm_settings(redis_url, prefix, tmp_path, base_url, **overrides)
+    async with running_worker(settings), api_client(settings) as client:
+        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+        yield settings, client
+
+
 async def ask(client: httpx.AsyncClient, question: str = QUESTION) -> list[SSE]:
     return parse_sse((await client.post("/v1/ask", json={"question": question})).text)
 
@@ -45,9 +57,7 @@ async def dead_letters(settings: Any) -> list[dict[bytes, bytes]]:
 async def test_a_5xx_or_a_timeout_before_the_first_token_is_retried_with_backoff(
         llm_app, redis_url: str, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     llm, base_url = llm_app
-    settings = llm_settings(redis_url, prefix, tmp_path, base_url)
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+    async with answering(redis_url, prefix, tmp_path, base_url) as (settings, client):
         # Attempt 1: 503 and the openai client's own two retries; attempt 2, after our backoff: 500, then an answer.
         llm.state.plan, llm.state.requests = ["503", "503", "503", "500"], []
         events = await ask(client)
@@ -67,9 +77,7 @@ async def test_a_5xx_or_a_timeout_before_the_first_token_is_retried_with_backoff
 async def test_a_failure_after_the_first_token_or_a_bad_request_is_never_retried(
         llm_app, redis_url: str, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     llm, base_url = llm_app
-    settings = llm_settings(redis_url, prefix, tmp_path, base_url)
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+    async with answering(redis_url, prefix, tmp_path, base_url) as (settings, client):
         for plan in ("drop@3", "stall@3"):  # the connection breaks; the LLM goes silent past the timeout
             llm.state.plan, llm.state.requests = [plan], []
             events = await ask(client)
@@ -91,9 +99,7 @@ async def test_a_failure_after_the_first_token_or_a_bad_request_is_never_retried
 async def test_an_llm_down_for_good_fails_the_job_after_every_attempt(
         llm_app, redis_url: str, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     llm, base_url = llm_app
-    settings = llm_settings(redis_url, prefix, tmp_path, base_url, worker_max_deliveries="2")
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+    async with answering(redis_url, prefix, tmp_path, base_url, worker_max_deliveries="2") as (settings, client):
         llm.state.plan, llm.state.requests = ["503"] * 12, []  # two jobs
         events = await ask(client)
         assert [e.event for e in events] == ["sources", "error"]
@@ -110,10 +116,8 @@ async def test_an_llm_down_for_good_fails_the_job_after_every_attempt(
 
 
 async def test_an_llm_that_refuses_connections_is_unavailable(redis_url: str, prefix: str, tmp_path: Path) -> None:
-    settings = llm_settings(redis_url, prefix, tmp_path, f"http://127.0.0.1:{free_port()}/v1",
-                            worker_max_deliveries="1")
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
+    refused = f"http://127.0.0.1:{free_port()}/v1"
+    async with answering(redis_url, prefix, tmp_path, refused, worker_max_deliveries="1") as (settings, client):
         events = await ask(client)
     assert [e.event for e in events] == ["sources", "error"]
     assert events[-1].data["code"] == "llm_unavailable"
