@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from core.autopipeline import autopipeline
 from core.keys import Keys
-from core.protocol import Cancelled, Event, Job, encode_event, encode_job
+from core.protocol import TERMINAL, Cancelled, Event, Job, encode_event, encode_job
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -161,6 +161,17 @@ class EventWriter:
             return None
         entry_id = last[0][0]
         return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0])
+
+    async def finished(self, job_ids: list[str]) -> set[str]:
+        """Those of the jobs whose latest event is terminal (in one round trip)."""
+        if not job_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.xrevrange(self._keys.events(job_id), count=1)
+            replies = await pipe.execute()
+        return {job_id for job_id, last in zip(job_ids, replies)
+                if last and last[0][1].get(b"type", b"").decode() in TERMINAL}
 
     async def mark_cancelled(self, job_id: str) -> None:
         """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""

@@ -317,6 +317,7 @@ class ConsumerLoop:
             while page := await self.consumer.pending_own(stream, count=self.settings.batch_size,
                                                           after=own[-1].entry_id if own else None):
                 own += page
+            own = await self._drop_finished(own)
             if not own:
                 continue
             self.log.warning("resumed_own", stream=stream, count=len(own))
@@ -329,7 +330,7 @@ class ConsumerLoop:
         they were delivered too often."""
         keys = self.worker.keys
         live: list[Delivery] = []
-        for delivery in claimed:
+        for delivery in await self._drop_finished(claimed):
             if delivery.deliveries > self.settings.max_deliveries:
                 await self.queries.fail(
                     delivery,
@@ -344,6 +345,17 @@ class ConsumerLoop:
             with self._holding(live):
                 for delivery in live:
                     await self.indexer.index(delivery)
+
+    async def _drop_finished(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Those of ``deliveries`` whose job has not ended. A worker killed between a job's terminal event
+        and its acknowledgement leaves the job pending: taken up again, it would be answered twice."""
+        queries = {d.job.id: d for d in deliveries if d.job is not None and d.stream == self.worker.keys.queries}
+        finished = await self.events.finished(list(queries))
+        for job_id in finished:
+            await self.consumer.ack(queries[job_id])
+        if finished:
+            self.log.info("acknowledged_finished", count=len(finished))
+        return [d for d in deliveries if d.job is None or d.job.id not in finished]
 
     async def _announce(self, deliveries: list[Delivery]) -> None:
         """The `restart` event of every taken-over query not yet told, in one round trip."""

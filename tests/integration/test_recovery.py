@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from app.main import create_app
 from core.events import EventWriter
 from core.keys import GROUP, Keys
-from core.protocol import Done, Query, Token, encode_job, new_job
+from core.protocol import Done, Query, Sources, Token, encode_job, new_job
 from tests.conftest import make_settings
 from tests.servers import ThreadedUvicorn
 from tests.workers_inproc import running_worker
@@ -130,3 +130,26 @@ async def test_a_job_whose_events_still_move_is_not_claimed(redis_url: str, pref
     kinds = {f[b"type"] for _, f in await redis.xrange(keys.events(job_id))}
     await redis.aclose()
     assert kinds == {b"token", b"done"}, kinds  # no restart, no sources: the worker never took it
+
+
+async def test_a_job_that_ended_unacknowledged_is_not_answered_again(redis_url: str, prefix: str,
+                                                                    tmp_path: Path) -> None:
+    """A worker killed between a job's `done` and its acknowledgement leaves the job pending: the worker
+    that takes it over acknowledges it and writes nothing (no `restart`, no second answer)."""
+    settings = make_settings(redis_url, prefix, tmp_path, worker_claim_idle_ms="500")
+    keys = Keys(prefix)
+    redis = Redis.from_url(redis_url)
+    killed = EventWriter(redis, keys, settings.limits)  # what the killed worker wrote
+    job_id = await orphan(redis, keys, "answered already", deliveries=1)
+    for event in (Sources(sources=[]), Token(text="answered"), Done(answer="answered")):
+        await killed.emit(job_id, event)
+    async with running_worker(settings):
+        for _ in range(400):
+            if not (await redis.xpending(keys.queries, GROUP))["pending"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the ended job is still pending")
+    kinds = [f[b"type"] for _, f in await redis.xrange(keys.events(job_id))]
+    await redis.aclose()
+    assert kinds == [b"sources", b"token", b"done"]
