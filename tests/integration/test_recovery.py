@@ -60,8 +60,13 @@ async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str,
     redis = Redis.from_url(redis_url)
     retried = await orphan(redis, keys, "claimed by a live worker", deliveries=1)
     given_up = await orphan(redis, keys, "delivered too often", deliveries=3)
+    # Not an empty collection: the jobs are answered. The document is registered before its first chunk
+    # is sent, so before the worker's first claim pass.
+    indexing = asyncio.create_task(index_facts(settings, tmp_path))
+    while not await redis.xlen(keys.ingest):
+        await asyncio.sleep(0.01)
     async with running_worker(settings):
-        await index_facts(settings, tmp_path)  # not an empty collection: the jobs are answered
+        await indexing
         assert await events_of(redis, keys, retried, b"done") == [b"restart", b"sources", b"token", b"done"]
         assert await events_of(redis, keys, given_up, b"error") == [b"error"]
         with ThreadedUvicorn(create_app(settings)) as server:
