@@ -8,13 +8,13 @@ CLIENT UNBLOCK so the next XREAD includes the new stream at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import structlog
 from redis.exceptions import RedisError
 
 from core.autopipeline import TickBatch, autopipeline
+from core.loop import cancel
 from core.protocol import TERMINAL
 
 if TYPE_CHECKING:
@@ -96,9 +96,7 @@ class EventHub:
     async def stop(self) -> None:
         self.close_all()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
 
     async def _wake(self) -> None:
         if self._reader_id is not None:

@@ -20,6 +20,7 @@ from msgspec import Struct
 from core.documents import DocumentRecord, Registry
 from core.events import EventWriter
 from core.keys import Keys
+from core.loop import cancel
 from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
     ChunkIn,
@@ -174,7 +175,7 @@ class Producer:
             state.sealed = True
             await follower
         finally:
-            follower.cancel()
+            await cancel(follower)
         return results
 
     async def open_job(self, job_id: str, files: int) -> None:

@@ -19,6 +19,7 @@ from core.errors import RagError
 from core.events import EventWriter, JobCancelled
 from core.heartbeats import alive_workers
 from core.keys import Keys
+from core.loop import cancel
 from core.protocol import Restart
 from core.redis import connect
 from core.settings import Settings
@@ -97,7 +98,7 @@ class Worker:
                 # HNSW graphs for the embedded shard, built in a child process as points come in.
                 optimizer = asyncio.create_task(
                     Optimizer(store, threshold=self.settings.retrieval.optimize_points).run())
-                stack.push_async_callback(_cancel_task, optimizer)
+                stack.push_async_callback(cancel, optimizer)
             generator = create_generator(self.settings.llm)
             stack.push_async_callback(generator.aclose)
             reranker = create_reranker(self.settings.reranker)
@@ -124,9 +125,9 @@ class Worker:
             ]
             await loops[0].consumer.ensure_groups()
             listener = asyncio.create_task(self._listen_for_cancels(redis, loops))
-            stack.push_async_callback(_cancel_task, listener)
+            stack.push_async_callback(cancel, listener)
             heartbeat = asyncio.create_task(self._heartbeat(registry, loops))
-            stack.push_async_callback(_cancel_task, heartbeat)
+            stack.push_async_callback(cancel, heartbeat)
             log.info(
                 "worker_started",
                 consumers=[c.consumer.name for c in loops],
@@ -184,12 +185,6 @@ class Worker:
                 log.warning("cancel_listener_error", error=str(exc), retry_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-
-
-async def _cancel_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class ConsumerLoop:
@@ -479,8 +474,6 @@ class ConsumerLoop:
             return
         self.log.info("draining", inflight=len(busy))
         _, pending = await asyncio.wait(busy, timeout=self.settings.shutdown_grace_s)
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await cancel(*pending)
             self.log.warning("left_pending", jobs=len(pending))
