@@ -38,8 +38,11 @@ async def orphan(redis: Redis, keys: Keys, question: str, deliveries: int) -> st
     await redis.hset(keys.record(job.id), mapping={"kind": "query", "created_ms": job.created_ms})
     with contextlib.suppress(ResponseError):  # BUSYGROUP: the group exists
         await redis.xgroup_create(keys.queries, GROUP, id="0", mkstream=True)
-    entry_id = await redis.xadd(keys.queries, {"job": encode_job(job)})
-    await redis.xreadgroup(GROUP, "ghost", {keys.queries: ">"}, count=1)
+    # One transaction: a worker blocked reading the stream never gets the job first.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(keys.queries, {"job": encode_job(job)})
+        pipe.xreadgroup(GROUP, "ghost", {keys.queries: ">"}, count=1)
+        entry_id, _ = await pipe.execute()
     await redis.xclaim(keys.queries, GROUP, "ghost", 0, [entry_id], retrycount=deliveries, idle=10_000)
     return job.id
 
@@ -58,15 +61,11 @@ async def test_orphans_are_claimed_or_dead_lettered_and_requeued(redis_url: str,
     settings = make_settings(redis_url, prefix, tmp_path, worker_claim_idle_ms="500", worker_max_deliveries="3")
     keys = Keys(prefix)
     redis = Redis.from_url(redis_url)
-    retried = await orphan(redis, keys, "claimed by a live worker", deliveries=1)
-    given_up = await orphan(redis, keys, "delivered too often", deliveries=3)
-    # Not an empty collection: the jobs are answered. The document is registered before its first chunk
-    # is sent, so before the worker's first claim pass.
-    indexing = asyncio.create_task(index_facts(settings, tmp_path))
-    while not await redis.xlen(keys.ingest):
-        await asyncio.sleep(0.01)
     async with running_worker(settings):
-        await indexing
+        await index_facts(settings, tmp_path)  # not an empty collection: the jobs are answered
+        # Orphaned once the document is in (the worker's first claim pass ran as it started).
+        retried = await orphan(redis, keys, "claimed by a live worker", deliveries=1)
+        given_up = await orphan(redis, keys, "delivered too often", deliveries=3)
         assert await events_of(redis, keys, retried, b"done") == [b"restart", b"sources", b"token", b"done"]
         assert await events_of(redis, keys, given_up, b"error") == [b"error"]
         with ThreadedUvicorn(create_app(settings)) as server:
