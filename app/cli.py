@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
-from collections.abc import Generator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
-from litestar import Litestar
 
 from core.settings import load_or_exit
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 
 def main() -> int:
     settings = load_or_exit()
-    from app.main import create_app
+    from app.main import Services, create_app  # after the settings: a bad one stops the process at once
 
-    app = create_app(settings)
+    services = Services(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings, services),
         host=settings.api.host,
         port=settings.api.port,
         log_level=settings.log_level,
         # A last resort: streams are ended cleanly first (see GracefulServer).
         timeout_graceful_shutdown=5,
     )
-    GracefulServer(config, app).run()
+    server = GracefulServer(config, services)
+    # uvicorn installs its own SIGINT/SIGTERM handlers while it serves, then puts these back and raises
+    # the signal it caught again, for them: a stop asked for is a clean exit (status 0, as the worker's).
+    # A signal before it serves stops it as soon as it has started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.stop_asked)
+    server.run()
     return 0
 
 
@@ -37,27 +43,13 @@ class GracefulServer(uvicorn.Server):
     Clients see a finished response and resume elsewhere with Last-Event-ID.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
         super().__init__(config)
-        self._app = app
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # uvicorn re-raises the signal after shutting down (exit status -15); a clean
-        # shutdown here exits 0, as the worker does.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        self._services = services
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        hub = getattr(self._app.state, "hub", None)
-        loop = getattr(self._app.state, "loop", None)
-        if hub is not None and loop is not None:
-            loop.call_soon_threadsafe(hub.close_all)
+        self._services.end_streams()
         super().handle_exit(sig, frame)
+
+    def stop_asked(self, sig: int, frame: FrameType | None) -> None:
+        self.should_exit = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 from msgspec import Struct
@@ -15,6 +15,7 @@ from app.jobs import Jobs, links
 from app.relay import valid_entry_id
 from app.schemas import Links
 from core.errors import BadRequest
+from core.protocol import DeadLetter
 
 
 class DeadJob(Struct, kw_only=True, omit_defaults=True):
@@ -28,14 +29,15 @@ class DeadJob(Struct, kw_only=True, omit_defaults=True):
     consumer: str | None = None
 
 
+def view(entry_id: str, letter: DeadLetter) -> DeadJob:
+    return DeadJob(entry_id=entry_id, job_id=letter.job_id, stream=letter.stream, code=letter.code, error=letter.error,
+                   deliveries=letter.deliveries, dead_ms=letter.dead_ms, consumer=letter.consumer or None)
+
+
 class Requeued(Struct, kw_only=True):
     id: str
     status: str = "queued"
     links: Links
-
-
-def _text(fields: dict[bytes, bytes], name: str) -> str:
-    return fields.get(name.encode(), b"").decode(errors="replace")
 
 
 class DeadLetterController(Controller):
@@ -44,28 +46,14 @@ class DeadLetterController(Controller):
 
     @get("/", summary="Jobs that failed for good, newest first", responses=documented())
     async def list_dead(
-        self, state: State, count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+        self, jobs: NamedDependency[Jobs], count: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
     ) -> list[DeadJob]:
-        jobs: Jobs = state.jobs
         entries = await jobs.redis.xrevrange(jobs.keys.dead, count=count)
-        return [
-            DeadJob(
-                entry_id=entry_id.decode(),
-                job_id=_text(fields, "job_id") or None,
-                stream=_text(fields, "stream"),
-                code=_text(fields, "code"),
-                error=_text(fields, "error"),
-                deliveries=int(fields.get(b"deliveries", b"0")),
-                dead_ms=int(fields.get(b"dead_ms", b"0")),
-                consumer=_text(fields, "consumer") or None,
-            )
-            for entry_id, fields in entries
-        ]
+        return [view(entry_id.decode(), DeadLetter.read(fields)) for entry_id, fields in entries]
 
     @post("/{entry_id:str}/requeue", status_code=HTTP_202_ACCEPTED, summary="Run a dead job again",
           responses=documented(404))
-    async def requeue(self, state: State, entry_id: FromPath[str]) -> Response[Any]:
-        jobs: Jobs = state.jobs
+    async def requeue(self, jobs: NamedDependency[Jobs], entry_id: FromPath[str]) -> Response[Any]:
         if not valid_entry_id(entry_id):
             raise BadRequest(f"{entry_id!r} is not a dead-letter entry id", code="invalid_entry_id")
         job_id = await jobs.requeue_dead(entry_id)

@@ -1,51 +1,27 @@
 """Documents over HTTP: upload a PDF (an ingest job, its events over SSE like a query's), list, delete.
 
-The upload is streamed to a temporary file as it arrives (never held in memory) and
-refused with 413 past ``RAG_INGEST_MAX_FILE_MB``; the API process then runs the same
-producer as ``python -m ingest`` in the background (parsing in threads), so the API
-still never embeds and never opens the vector store: workers index, and delete.
+Uploads are received and sent by :mod:`app.uploads`; listing and deleting go through the
+documents service that ``python -m ingest`` uses too (deletes are jobs the workers run).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import re
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
-import structlog
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from litestar.status_codes import HTTP_202_ACCEPTED
 from msgspec import Struct
-from multipart import MultipartSegment, ParserError, PushMultipartParser
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.errors import NotFound, documented
-from app.jobs import Jobs, links
+from app.jobs import links
 from app.schemas import ErrorInfo, Links
+from app.uploads import Uploads
 from core.documents import DocumentRecord
 from core.errors import BadRequest
-from core.events import EventWriter
-from core.holders import holder_gone, identity
-from core.keys import Keys
-from core.payload import DEFAULT_COLLECTION
-from core.protocol import UPLOAD_INTERRUPTED, Error, new_id
-from core.settings import Settings
-from ingest.chunker import TokenCounter
-from ingest.producer import IngestFile, Producer
-
-log = structlog.get_logger("app.documents")
-
-_COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
+from core.payload import collection_name
+from ingest.documents import Documents
 
 
 class DocumentNotFound(NotFound):
@@ -99,84 +75,6 @@ def view(record: DocumentRecord) -> DocumentView:
     )
 
 
-def _jobs(state: State) -> Jobs:
-    return state.jobs  # type: ignore[no-any-return]
-
-
-def _collection(value: str | None) -> str:
-    if value is None or value == "":
-        return DEFAULT_COLLECTION
-    if not _COLLECTION.fullmatch(value):
-        raise BadRequest("collection: 1 to 64 letters, digits, '_' or '-'", code="invalid_collection")
-    return value
-
-
-@functools.lru_cache(maxsize=1)
-def _counter() -> TokenCounter:
-    return TokenCounter.minilm()
-
-
-class Upload(Struct, kw_only=True):
-    path: Path
-    name: str
-    fields: dict[str, str]
-
-
-async def receive_upload(request: Request[Any, Any, Any], folder: Path, max_bytes: int) -> Upload:
-    """Stream a multipart body's ``file`` part to ``folder``; other parts are small form fields."""
-    content_type, options = request.content_type
-    if content_type != "multipart/form-data" or not options.get("boundary"):
-        raise BadRequest("send the PDF as multipart/form-data, in a part named 'file'", code="invalid_upload")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:
-        raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                            detail=f"the upload is over the {max_bytes // (1024 * 1024)} MB limit")
-    fields: dict[str, str] = {}
-    path: Path | None = None
-    name = ""
-    segment: MultipartSegment | None = None
-    out = None
-    text = bytearray()
-    size = 0
-    try:
-        with PushMultipartParser(options["boundary"], max_segment_count=16) as parser:
-            async for chunk in request.stream():
-                for part in parser.parse(chunk):
-                    if isinstance(part, MultipartSegment):
-                        segment, text = part, bytearray()
-                        if part.name == "file" and part.filename is not None and path is None:
-                            name = _UNSAFE.sub("_", Path(part.filename).name)[:200] or "upload.pdf"
-                            path = folder / name
-                            out = path.open("wb")
-                    elif part:
-                        if out is not None and segment is not None and segment.name == "file":
-                            size += len(part)
-                            if size > max_bytes:
-                                raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                                                    detail=f"the file is over the {max_bytes // (1024 * 1024)} MB "
-                                                           "limit (RAG_INGEST_MAX_FILE_MB)")
-                            out.write(part)
-                        elif len(text) + len(part) <= 1024:
-                            text.extend(part)
-                    elif segment is not None:
-                        if segment.name == "file" and out is not None:
-                            out.close()
-                            out = None
-                        elif segment.name:
-                            fields[segment.name] = text.decode(segment.charset or "utf-8", "replace").strip()
-                        segment = None
-                if parser.closed:
-                    break
-    except ParserError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}", code="invalid_upload") from None
-    finally:
-        if out is not None:
-            out.close()
-    if path is None:
-        raise BadRequest("no file: send the PDF in a multipart part named 'file'", code="invalid_upload")
-    return Upload(path=path, name=name, fields=fields)
-
-
 class DocumentController(Controller):
     path = "/v1/documents"
     tags = ("documents",)
@@ -184,30 +82,12 @@ class DocumentController(Controller):
     @post("/", status_code=HTTP_202_ACCEPTED, request_max_body_size=None,
           summary="Upload a PDF (multipart, part 'file'; optional 'collection', 'force'): an ingest job",
           responses=documented(413))
-    async def upload(self, state: State, request: Request[Any, Any, Any]) -> Response[IngestAccepted]:
-        jobs = _jobs(state)
-        settings = jobs.settings
-        folder = Path(tempfile.mkdtemp(prefix="rag-upload-"))
-        try:
-            upload = await receive_upload(request, folder, settings.ingest.max_file_mb * 1024 * 1024)
-            collection = _collection(upload.fields.get("collection"))
-            force = upload.fields.get("force", "").lower() in {"1", "true", "yes", "on"}
-            counter = await asyncio.to_thread(_counter)  # loads the tokenizer once per process
-            producer = Producer(jobs.redis, settings, collection=collection, force=force, counter=counter)
-            job_id = new_id()
-            await producer.open_job(job_id, 1)
-            await jobs.redis.hset(jobs.keys.uploads, job_id, f"{collection}|{identity()}")
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        item = IngestFile(path=upload.path, name=upload.name, source=f"upload:{upload.name}")
-        task = asyncio.create_task(_ingest(producer, item, job_id, folder, jobs.redis, jobs.keys))
-        tasks: set[asyncio.Task[None]] = getattr(state, "ingest_tasks", None) or set()
-        state.ingest_tasks = tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    async def upload(self, uploads: NamedDependency[Uploads],
+                     request: Request[Any, Any, Any]) -> Response[IngestAccepted]:
+        accepted = await uploads.accept(request)
+        job_id = accepted.job_id
         return Response(
-            IngestAccepted(id=job_id, file=upload.name, collection=collection, links=links(job_id)),
+            IngestAccepted(id=job_id, file=accepted.file, collection=accepted.collection, links=links(job_id)),
             status_code=HTTP_202_ACCEPTED,
             headers={"Location": f"/v1/queries/{job_id}"},
         )
@@ -215,22 +95,18 @@ class DocumentController(Controller):
     @get("/", summary="Documents with their pages, chunks and status (indexing, ready, failed, deleting)",
          responses=documented())
     async def list_documents(
-        self, state: State,
+        self, documents: NamedDependency[Documents],
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
     ) -> DocumentList:
-        jobs = _jobs(state)
-        wanted = _collection(collection) if collection else None
-        producer = Producer(jobs.redis, jobs.settings, counter=None)
-        return DocumentList(documents=[view(r) for r in await producer.registry.documents(wanted)])
+        wanted = collection_name(collection) if collection else None
+        return DocumentList(documents=[view(r) for r in await documents.all(wanted)])
 
     @get("/{document_id:str}", summary="One document (in every collection that holds it)", responses=documented(404))
     async def get_document(
-        self, state: State, document_id: FromPath[str],
+        self, documents: NamedDependency[Documents], document_id: FromPath[str],
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
     ) -> DocumentList:
-        jobs = _jobs(state)
-        found = await Producer(jobs.redis, jobs.settings).registry.find(
-            document_id, _collection(collection) if collection else None)
+        found = await documents.find(document_id, collection_name(collection) if collection else None)
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         return DocumentList(documents=[view(r) for r in found])
@@ -239,19 +115,17 @@ class DocumentController(Controller):
             summary="Delete a document: a job the workers run (they own the store); its events stream over SSE",
             responses=documented(404))
     async def delete_document(
-        self, state: State, document_id: FromPath[str],
+        self, documents: NamedDependency[Documents], document_id: FromPath[str],
         collection: Annotated[str | None, QueryParameter(name="collection", required=False)] = None,
     ) -> Response[DeleteAccepted]:
-        jobs = _jobs(state)
-        registry = Producer(jobs.redis, jobs.settings).registry
-        found = await registry.find(document_id, _collection(collection) if collection else None)
+        found = await documents.find(document_id, collection_name(collection) if collection else None)
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         if len(found) > 1:
             raise BadRequest(f"document {document_id} is in several collections "
                              f"({', '.join(r.collection for r in found)}): add ?collection=", code="ambiguous_document")
         record = found[0]
-        job_id = await Producer(jobs.redis, jobs.settings, collection=record.collection).request_delete(document_id)
+        job_id = await documents.request_delete(document_id, record.collection)
         if job_id is None:
             raise DocumentNotFound(f"no document with id {document_id!r}")
         return Response(
@@ -259,38 +133,3 @@ class DocumentController(Controller):
             status_code=HTTP_202_ACCEPTED,
             headers={"Location": f"/v1/queries/{job_id}"},
         )
-
-
-async def _ingest(producer: Producer, item: IngestFile, job_id: str, folder: Path, redis: Redis, keys: Keys) -> None:
-    try:
-        await producer.run([item], lambda *_: None, job_id=job_id, fail_job=True)
-    except Exception as exc:  # a background task: log, never lose silently
-        log.exception("upload_ingest_failed", job_id=job_id, error=repr(exc))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(RedisError, OSError):
-            await redis.hdel(keys.uploads, job_id)
-
-
-async def fail_interrupted_uploads(redis: Redis, settings: Settings) -> list[str]:
-    """Uploads whose API process is gone (killed mid-way): their jobs end with a clear error, their documents are
-    marked failed; sent again, the same PDF is indexed under the same id (its chunks' ids too): no duplicates."""
-    keys = Keys(settings.redis.prefix)
-    failed = []
-    for raw_job, raw in (await redis.hgetall(keys.uploads)).items():
-        job_id, (collection, holder) = raw_job.decode(), raw.decode().split("|", 1)
-        if not holder_gone(holder):
-            continue
-        producer = Producer(redis, settings, collection=collection)
-        for record in await producer.registry.documents(collection):
-            if record.job_id == job_id and record.status == "indexing":
-                await producer.registry.fail(collection, record.id, UPLOAD_INTERRUPTED, "the API restarted mid-upload")
-        await EventWriter(redis, keys, settings.limits).emit(job_id, Error(code=UPLOAD_INTERRUPTED, message=(
-            "the API process reading this upload stopped before it was indexed: upload the file again "
-            "(nothing is duplicated)")), unless_cancelled=False)
-        await redis.hdel(keys.uploads, job_id)
-        failed.append(job_id)
-    if failed:
-        log.warning("uploads_interrupted", jobs=failed)
-    return failed
-

@@ -1,30 +1,28 @@
-"""Jobs as the API sees them: submitting queries and reading a job's status from its events."""
+"""Jobs as the API sees them: submitting queries, cancelling, a job's status, and its events as SSE."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import JobFinished, JobNotFound, Overloaded
+from app.relay import Relay
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
 from core.errors import BadRequest
-from core.events import EventWriter
 from core.keys import Keys, valid_job_id
-from core.protocol import Done, Error, Query, decode_event, decode_job, encode_job, new_job
+from core.protocol import DeadLetter, Done, Error, EventKind, Query, decode_job, job_fields, new_job, read_event
+from core.queue import CancelResult, JobQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from core.hub import EventHub
     from core.settings import Settings
 
+#: A job's status by the kind of its last event: any other kind means it is running.
 _STATUS: dict[str, JobStatus] = {
-    "sources": "running",
-    "token": "running",
-    "progress": "running",
-    "restart": "running",
-    "done": "done",
-    "error": "failed",
-    "cancelled": "cancelled",
+    EventKind.DONE: "done", EventKind.ERROR: "failed", EventKind.CANCELLED: "cancelled",
 }
 
 
@@ -33,12 +31,19 @@ def links(job_id: str) -> Links:
 
 
 class Jobs:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, hub: EventHub) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self._events = EventWriter(redis, self.keys, settings.limits)
+        self._hub = hub
+        self._queue = JobQueue(redis, self.keys, settings.limits)
         self._background: set[asyncio.Task[object]] = set()
+
+    def events(self, job_id: str, *, after: str = "0-0", on_abandon: Callable[[], None] | None = None,
+               headers: Mapping[str, str] | None = None) -> Relay:
+        """The job's events after entry ``after``, as an SSE response relayed through the process's hub."""
+        return Relay(self._hub, self.redis, self.keys.events(job_id), after=after,
+                     keepalive_s=self.settings.api.keepalive_s, on_abandon=on_abandon, headers=headers)
 
     def validate(self, request: QueryRequest) -> Query:
         limits = self.settings.limits
@@ -60,7 +65,7 @@ class Jobs:
         job = new_job(query)
         # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
         limit = self.settings.limits.max_backlog
-        backlog = await self._events.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
+        backlog = await self._queue.submit(job, self.keys.queries, {"question": query.question}, max_backlog=limit)
         if backlog is not None:
             raise Overloaded(f"{backlog} questions are waiting; the limit is {limit}. Retry shortly.")
         return job.id
@@ -69,12 +74,12 @@ class Jobs:
         """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
-        result = await self._events.cancel(job_id)
-        if result == -1:
+        result = await self._queue.cancel(job_id)
+        if result is CancelResult.UNKNOWN:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
-        if result == 0:
+        if result is CancelResult.FINISHED:
             raise JobFinished(f"job {job_id} has already finished")
-        return "cancelled" if result == 2 else "cancelling"
+        return "cancelled" if result is CancelResult.NOT_STARTED else "cancelling"
 
     def cancel_soon(self, job_id: str) -> None:
         """Cancel from a request that is itself going away (a client that disconnected)."""
@@ -85,18 +90,18 @@ class Jobs:
     async def requeue_dead(self, entry_id: str) -> str | None:
         """Put a dead job back on its stream under the same id, with a fresh event stream."""
         entries = await self.redis.xrange(self.keys.dead, min=entry_id, max=entry_id)
-        if not entries or b"job" not in entries[0][1]:
+        letter = DeadLetter.read(entries[0][1]) if entries else None
+        if letter is None or letter.job is None:
             return None
-        fields = entries[0][1]
-        job = decode_job(fields[b"job"])
-        stream = fields.get(b"stream", self.keys.queries.encode()).decode()
+        job = decode_job(letter.job)
+        stream = letter.stream or self.keys.queries
         if stream not in (self.keys.queries, self.keys.ingest):
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
             # Its old events end in `error`: a new run starts a new stream for the same id.
             pipe.delete(self.keys.events(job.id), self.keys.cancel(job.id))
             pipe.expire(self.keys.record(job.id), self.settings.limits.events_ttl_s)
-            pipe.xadd(stream, {"job": encode_job(job)})
+            pipe.xadd(stream, job_fields(job))
             pipe.xdel(self.keys.dead, entry_id)
             await pipe.execute()
         return job.id
@@ -122,10 +127,10 @@ class Jobs:
         last = await self.redis.xrevrange(self.keys.events(job_id), count=1)
         if not last:
             return view
-        kind = last[0][1][b"type"].decode()
-        view.status = _STATUS.get(kind, "running")
-        if kind in ("done", "error"):
-            event = decode_event(last[0][1][b"data"])
+        entry = read_event(*last[0])
+        view.status = _STATUS.get(entry.kind, "running")
+        if entry.terminal:
+            event = entry.event()
             if isinstance(event, Done):
                 view.answer = event.answer
                 view.citations = event.citations

@@ -7,14 +7,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from app.hub import entry_key
-from core.protocol import TERMINAL
+from core.hub import entry_key
+from core.protocol import read_event
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
     from redis.asyncio import Redis
 
-    from app.hub import EventHub
+    from core.hub import EventHub
 
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -95,8 +95,8 @@ class Relay:
         if self._after != "0-0":  # from the start, the hub delivers up to the terminal event itself
             last = await self._redis.xrevrange(self._key, count=1)
             if last:
-                last_id, fields = last[0]
-                if fields.get(b"type", b"").decode() in TERMINAL and entry_key(last_id) <= entry_key(self._after):
+                entry = read_event(*last[0])
+                if entry.terminal and entry_key(entry.id) <= entry_key(self._after):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True
         sub = await self._hub.subscribe(self._key, self._after)
@@ -112,13 +112,12 @@ class Relay:
                 # behind catches up in a few large writes, not thousands of small ones).
                 chunks: list[bytes] = []
                 while item is not None:
-                    entry_id, kind, data = item
-                    chunks.append(sse_event(entry_id, kind, data))
-                    if kind in TERMINAL or sub.queue.empty() or len(chunks) >= MAX_EVENTS_PER_WRITE:
+                    chunks.append(sse_event(*item))
+                    if item.terminal or sub.queue.empty() or len(chunks) >= MAX_EVENTS_PER_WRITE:
                         break
                     item = sub.queue.get_nowait()
                 # None: shutdown, or too far behind (the client resumes elsewhere); or the job ended.
-                end = item is None or item[1] in TERMINAL
+                end = item is None or item.terminal
                 if chunks or end:
                     await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not end})
                 if end:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
@@ -19,18 +19,14 @@ from core.heartbeats import alive_workers
 SSE = "text/event-stream"
 
 
-def _jobs(state: State) -> Jobs:
-    return state.jobs  # type: ignore[no-any-return]
-
-
 class QueryController(Controller):
     path = "/v1"
     tags = ("queries",)
 
     @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job",
           responses=documented(429))
-    async def submit(self, state: State, data: JSONBody[QueryRequest]) -> Response[Accepted]:
-        job_id = await _jobs(state).submit_query(data)
+    async def submit(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest]) -> Response[Accepted]:
+        job_id = await jobs.submit_query(data)
         return Response(
             Accepted(id=job_id, links=links(job_id)),
             status_code=HTTP_202_ACCEPTED,
@@ -38,19 +34,18 @@ class QueryController(Controller):
         )
 
     @get("/queries/{job_id:str}", summary="A job's status, and its answer once done", responses=documented(404))
-    async def status(self, state: State, job_id: FromPath[str]) -> JobView:
-        return await _jobs(state).view(job_id)
+    async def status(self, jobs: NamedDependency[Jobs], job_id: FromPath[str]) -> JobView:
+        return await jobs.view(job_id)
 
     @get("/queries/{job_id:str}/events", media_type=SSE, summary="The job's events as Server-Sent Events (resumable)",
          responses=documented(404))
     async def events(
         self,
-        state: State,
+        jobs: NamedDependency[Jobs],
         job_id: FromPath[str],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         after: Annotated[str | None, QueryParameter(name="after", required=False)] = None,
     ) -> Relay:
-        jobs = _jobs(state)
         await jobs.require(job_id)
         cursor = last_event_id if last_event_id is not None else after
         if cursor is not None:
@@ -59,24 +54,21 @@ class QueryController(Controller):
                 raise InvalidLastEventId(
                     f"Last-Event-ID {cursor[:64]!r} is not an event id of this service (expected like 1700000000000-0)"
                 )
-        return Relay(state.hub, jobs.redis, jobs.keys.events(job_id), after=cursor or "0-0",
-                     keepalive_s=jobs.settings.api.keepalive_s)
+        return jobs.events(job_id, after=cursor or "0-0")
 
     @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now",
             responses=documented(404, 409))
-    async def cancel(self, state: State, job_id: FromPath[str]) -> Response[Cancelling]:
-        status = await _jobs(state).cancel(job_id)
+    async def cancel(self, jobs: NamedDependency[Jobs], job_id: FromPath[str]) -> Response[Cancelling]:
+        status = await jobs.cancel(job_id)
         return Response(Cancelling(id=job_id, status=status, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
 
     @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request",
           responses=documented(429))
-    async def ask(self, state: State, data: JSONBody[QueryRequest]) -> Relay:
-        jobs = _jobs(state)
+    async def ask(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest]) -> Relay:
         job_id = await jobs.submit_query(data)
         # A client that hangs up before the end cancels the job: nobody would read the answer.
-        return Relay(state.hub, jobs.redis, jobs.keys.events(job_id), keepalive_s=jobs.settings.api.keepalive_s,
-                     on_abandon=lambda: jobs.cancel_soon(job_id),
-                     headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})
+        return jobs.events(job_id, on_abandon=lambda: jobs.cancel_soon(job_id),
+                           headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})
 
 
 @get("/healthz", tags=["health"], summary="The process is up")
@@ -87,8 +79,7 @@ async def healthz() -> Health:
 @get("/readyz", tags=["health"], summary="Redis is reachable, the consumer groups exist, workers are alive",
      responses={503: ResponseSpec(data_container=Health, description="Not ready: the checks say which part is not",
                                   generate_examples=False)})
-async def readyz(state: State, request: Request[Any, Any, Any]) -> Response[Health]:
-    jobs = _jobs(state)
+async def readyz(jobs: NamedDependency[Jobs]) -> Response[Health]:
     checks: dict[str, Any] = {}
     try:
         await jobs.redis.ping()

@@ -5,7 +5,7 @@ SmolLM2 behind llama_cpp.server when it is installed (else the instant fake LLM)
 queries asked one after another through the job stream. Baseline: the same questions on
 the same worker with an empty ingest stream, measured in the same run just before.
 The backlog is ingest batches of synthetic 180-word chunks, sent as the ingest producer
-sends them (EventWriter.enqueue on the ingest stream, staged: invisible to queries until the
+sends them (JobQueue.enqueue on the ingest stream, staged: invisible to queries until the
 document is whole; visible, they would change the questions' sources and lengthen the prompts).
 """
 
@@ -16,7 +16,7 @@ import time
 
 from bench.corpus import chunk_texts
 from bench.harness import Context, Row, StreamClient, pct, service_env, settings_of, start_fake_openai, start_worker
-from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_id, new_job
+from core.protocol import ChunkIn, Document, EventKind, IngestBatch, chunk_id, new_id, new_job
 from tests.pdfs import FACTS, write_pdf
 
 QUESTIONS = ["What does the Zephyr turbine do?", "Where is marmalade made?", "What does Helios compile?",
@@ -26,7 +26,7 @@ QUESTIONS = ["What does the Zephyr turbine do?", "Where is marmalade made?", "Wh
 async def ttft(client: StreamClient, question: str) -> float:
     sent = time.perf_counter()
     job_id = await client.submit(question)
-    await client.until(job_id, stop=frozenset({"token", "error"}), timeout_s=120)
+    await client.until(job_id, stop=frozenset({EventKind.TOKEN, EventKind.ERROR}), timeout_s=120)
     elapsed = time.perf_counter() - sent
     await client.until(job_id, timeout_s=120)  # let it finish: one answer at a time
     return elapsed
@@ -42,7 +42,7 @@ async def flood(client: StreamClient, chunks: int, batch: int = 32) -> None:
         message = IngestBatch(document=doc, staged=True, chunks=[
             ChunkIn(id=chunk_id(doc.id, i), text=texts[i % len(texts)], page=i + 1, page_end=i + 1, index=i)
             for i in range(start, min(start + batch, chunks))])
-        await client.events.enqueue(new_job(message, job_id=job_id), client.keys.ingest)
+        await client.queue.enqueue(new_job(message, job_id=job_id), client.keys.ingest)
 
 
 async def run(ctx: Context) -> list[Row]:

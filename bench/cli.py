@@ -14,16 +14,17 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.harness import Context, Row, cpu_model, valkey
+from bench.harness import Context, DidNotFinish, Row, check_rows, cpu_model, valkey
 from core.loop import run
 from tests.servers import ROOT
 
 #: name -> (module, what it measures); run in this order.
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "queue": ("bench.queue", "no-op jobs at 64 in flight: our worker via Redis Streams and via HTTP+SSE, vs RQ and ARQ"),
+    "queue": ("bench.queue", ("questions with the least work at 64 in flight: our worker via Redis Streams and via "
+              "HTTP+SSE, vs RQ and ARQ running no-op jobs")),
     "tokens": ("bench.tokens", "token relay: fake LLM as fast as it can -> worker -> Redis -> API -> SSE client"),
     "fanout": ("bench.fanout", "SSE fan-out: open streams on one API process, memory per stream, Redis connections"),
-    "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; retrieval-only queries/s at 1, 8, 64"),
+    "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; extractive questions/s at 1, 8, 64"),
     "ingest": ("bench.ingestion", "parse+chunk pages/s vs raw PyMuPDF; end-to-end pages/s with embedding"),
     "memory": ("bench.memory", "a 2,400-page PDF through python -m ingest: its peak RSS, the worker's RSS, the Redis window"),
     "llm": ("bench.llm", "local SmolLM2 (llama_cpp.server): TTFT and tokens/s, 1 and 4 concurrent, direct vs service"),
@@ -34,6 +35,15 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "answers": ("bench.answers", ("answer quality on dossier-bench's QA scenarios through /v1/ask: must-facts, "
                 "citations, not-found, injections, TTFT; extractive and SmolLM2")),
 }
+
+
+def measure(name: str, ctx: Context) -> list[Row]:
+    """One benchmark's rows, checked: BenchmarkError (DidNotFinish) if it or a baseline failed or measured nothing."""
+    module = importlib.import_module(BENCHMARKS[name][0])
+    # The service's own loop (uvloop) for every load generator, ours and the baselines'.
+    rows: list[Row] = run(module.run(ctx))
+    check_rows(name, rows)
+    return rows
 
 
 def table(rows: list[Row]) -> str:
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): "
                         f"{', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true",
-                        help="1-second windows and smaller inputs, indicative only (about 1.5 minutes)")
+                        help="short windows and smaller inputs, indicative only (about 17 minutes on 2 shared cores)")
     parser.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave out a benchmark")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the results (date, machine, command, table) to this markdown file")
@@ -85,26 +95,28 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failures: list[str] = []
     started = time.perf_counter()
+    about = header(command)  # now: the date and load average at the start
     with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp, ExitStack() as run_stack:
         redis_url = run_stack.enter_context(valkey(Path(tmp)))
         for name in names:
-            module = importlib.import_module(BENCHMARKS[name][0])
             t0 = time.perf_counter()
             print(f"# {name}: {BENCHMARKS[name][1]}", file=sys.stderr, flush=True)
             with ExitStack() as stack:
                 ctx = Context(quick=args.quick, tmp=Path(tmp), redis_url=redis_url, stack=stack)
                 try:
-                    # The service's own loop (uvloop) for every load generator, ours and the baselines'.
-                    got = run(module.run(ctx))
+                    got = measure(name, ctx)
+                except DidNotFinish as exc:
+                    failures.append(name)
+                    got = [Row(bench=name, measure="did not finish", ours=str(exc)[:300])]
                 except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
                     traceback.print_exc()
                     failures.append(name)
-                    got = [Row(bench=name, measure="failed", ours=f"{type(exc).__name__}: {exc}"[:200])]
+                    got = [Row(bench=name, measure="failed", ours=f"{type(exc).__name__}: {exc}"[:300])]
             rows.extend(got)
             print(f"#   {name} took {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             for row in got:
                 print(f"#   {row.measure}: {row.ours} | {row.baseline} | {row.ratio}", file=sys.stderr, flush=True)
-    result = header(command) + f"\n- took: {time.perf_counter() - started:.0f} s\n\n" + table(rows)
+    result = about + f"\n- took: {time.perf_counter() - started:.0f} s\n\n" + table(rows)
     print(result)
     if args.output:
         args.output.write_text(f"# Benchmark results\n\n{result}\n")

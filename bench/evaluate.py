@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from bench.harness import StreamClient, pct
-from core.protocol import Retrieval, Sources, decode_event
+from core.protocol import EventKind, Retrieval, Sources, decode_event
 from core.settings import Settings, SettingsError, load_settings
 
 
@@ -165,7 +165,7 @@ async def evaluate(settings: Settings, golds: list[Gold], *, collection: str | N
             t0 = time.perf_counter()
             job_id = await client.submit(gold.query, top_k=top_k, collection=gold.collection or collection,
                                          retrieval=arm.retrieval, rerank=arm.rerank)
-            events = await client.until(job_id, stop=frozenset({"sources", "error", "cancelled"}))
+            events = await client.until(job_id, stop=frozenset({EventKind.SOURCES, EventKind.ERROR, EventKind.CANCELLED}))
             latency = time.perf_counter() - t0
             kind, data = events[-1]
             if kind != "sources":

@@ -2,8 +2,10 @@
 
 A raw ASGI app (no framework) so the fake costs as little as possible. Chat streams
 exactly ``max_tokens`` tokens, each the wall-clock time it was sent (`` t<ns>``), so
-a client can measure every token's relay latency; under ``/pace/<ms>/v1`` it waits
-that many milliseconds between tokens, like a real LLM. Embeddings are the tests' hashing
+a client can measure every token's relay latency; under ``/pace/<ms>/`` it waits
+that many milliseconds between tokens, like a real LLM; under ``/tokens/<n>/`` it streams n
+tokens and ends the answer itself (``finish_reason`` stop, not length: the worker drops the
+unfinished sentence of an answer cut at max_tokens). Embeddings are the tests' hashing
 embedding (64 dimensions): texts that share words get similar vectors.
 """
 
@@ -57,16 +59,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": payload})
         return
     if path.endswith("/chat/completions"):
-        tokens = int(body.get("max_tokens") or 256)
         pace = re.search(r"/pace/(\d+)/", path)
         delay = int(pace.group(1)) / 1000 if pace else 0.0
+        count = re.search(r"/tokens/(\d+)/", path)
+        tokens = int(count.group(1)) if count else int(body.get("max_tokens") or 256)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         for _ in range(tokens):
             await send({"type": "http.response.body", "body": _chunk(f" t{time.time_ns()}"), "more_body": True})
             if delay:
                 await asyncio.sleep(delay)
-        await send({"type": "http.response.body", "body": _chunk(None, "length") + b"data: [DONE]\n\n"})
+        await send({"type": "http.response.body", "body": _chunk(None, "stop" if count else "length")
+                    + b"data: [DONE]\n\n"})
         return
     await send({"type": "http.response.start", "status": 404, "headers": []})
     await send({"type": "http.response.body", "body": b""})

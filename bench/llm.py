@@ -26,11 +26,9 @@ from pathlib import Path
 import httpx
 from openai import AsyncOpenAI
 
-from bench.harness import Context, Row, pct, ratio, service_env, settings_of, start_api, start_worker
-from core.protocol import Source
-from core.redis import connect
+from bench.harness import BenchmarkError, Context, Row, index_pdfs, pct, ratio, service_env, start_api, start_worker
+from core.protocol import EventKind, Source
 from core.settings import EmbedderSettings, LLMSettings
-from ingest.producer import Producer
 from tests.pdfs import FACTS, write_pdf
 from tests.servers import Proc, free_port, wait_for_port
 from workers.embedder import OnnxEmbedder
@@ -105,27 +103,38 @@ async def ask(http: httpx.AsyncClient, collection: str) -> tuple[Timing, list[So
     t = Timing(time.perf_counter())
     sources: list[Source] = []
     event = ""
+    done = False
     async with http.stream("POST", "/v1/ask", json={"question": QUESTION, "collection": collection}) as response:
+        response.raise_for_status()
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: "):
                 data = json.loads(line[6:])
-                if event == "token":
+                if event == EventKind.TOKEN:
                     t.token()
-                elif event == "sources":
+                elif event == EventKind.SOURCES:
                     sources = [Source(**s) for s in data["sources"]]
-                elif event == "done":
+                elif event == EventKind.DONE:
                     t.tokens = int(data["usage"]["completion_tokens"])
-                elif event == "error":
-                    raise RuntimeError(f"/v1/ask failed: {data}")
+                    done = True
+                elif event in (EventKind.ERROR, EventKind.CANCELLED):
+                    raise BenchmarkError(f"/v1/ask ended with {event}: {data}")
+    if not done:
+        raise BenchmarkError(f"/v1/ask ended without done (last event {event!r})")
     return t, sources
 
 
-def summary(timings: list[Timing]) -> tuple[float, float, str]:
-    timings = [t for t in timings if t.first] or [Timing(0.0)]
+def summary(timings: list[Timing], what: str) -> tuple[float, float, str]:
+    """TTFT p50 and tokens/s of concurrent streams, each of which must have brought tokens."""
+    empty = sum(1 for t in timings if not (t.first and t.tokens))
+    if empty:
+        raise BenchmarkError(f"{empty} of {len(timings)} {what} brought no token")
     ttft = [t.first - t.sent for t in timings]
-    rate = sum(t.tokens for t in timings) / (max(t.last for t in timings) - min(t.first for t in timings) or 1e-9)
+    wall = max(t.last for t in timings) - min(t.first for t in timings)
+    if wall <= 0:
+        raise BenchmarkError(f"{what}: every token arrived at once, no rate to measure")
+    rate = sum(t.tokens for t in timings) / wall
     return pct(ttft, 50), rate, (f"TTFT p50 {pct(ttft, 50) * 1000:,.0f} ms (max {max(ttft) * 1000:,.0f}), "
                                  f"{rate:,.0f} tokens/s")
 
@@ -142,16 +151,8 @@ async def service(ctx: Context, llm: str, max_tokens: int) -> tuple[str, list[Pr
                       llm_model="smollm2", llm_max_tokens=str(max_tokens), llm_temperature="0",
                       ingest_chunk_words="60")
     worker = start_worker(ctx, env, work / "worker.log")
-    settings = settings_of(env)
-    redis = connect(settings.redis)
-    try:
-        for name, pages in COLLECTIONS.items():
-            pdf = write_pdf(work / f"facts-{name}.pdf", pages)
-            results = await Producer(redis, settings, collection=name).run([pdf], lambda state, result: None)
-            if any(r.status == "failed" for r in results):
-                raise RuntimeError(f"ingest failed: {results}")
-    finally:
-        await redis.aclose()
+    for name, pages in COLLECTIONS.items():
+        await index_pdfs(env, [write_pdf(work / f"facts-{name}.pdf", pages)], collection=name)
     api, url = start_api(ctx, env, work / "api.log")
     return url, [api, worker]
 
@@ -193,8 +194,8 @@ async def run(ctx: Context) -> list[Row]:
             for _ in range(rounds[n]):
                 base = await asyncio.gather(*(direct(llm, prompts[names[i % 2]], max_tokens) for i in range(n)))
                 ours = await asyncio.gather(*(ask(h, names[(i + 1) % 2]) for i, h in enumerate(https[:n])))
-                base_rounds.append(summary(list(base)))
-                ours_rounds.append(summary([t for t, _ in ours]))
+                base_rounds.append(summary(list(base), "direct streams"))
+                ours_rounds.append(summary([t for t, _ in ours], "/v1/ask answers"))
             b_ttft, b_rate, b_text = median_round(base_rounds)
             o_ttft, o_rate, o_text = median_round(ours_rounds)
             rows.append(Row(bench="llm", measure=f"SmolLM2 135M Q4_1, {n} concurrent, up to {max_tokens} tokens: "

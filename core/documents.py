@@ -4,16 +4,18 @@ One hash per document and collection (status ``indexing`` / ``ready`` / ``failed
 ``deleting``, file, source, pages, chunks...), a set of all of them, and a map from
 source path to the document last indexed from it. The producer opens an entry; the
 worker that indexes a document's last missing batch publishes it (see
-:meth:`Registry.batch_indexed`); deletes go through the workers, which own the store.
+:meth:`DocumentRegistry.batch_indexed`); deletes go through the workers, which own the store.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 from msgspec import Struct
 
+from core.lua import script
 from core.protocol import now_ms
 
 if TYPE_CHECKING:
@@ -23,23 +25,36 @@ if TYPE_CHECKING:
 
 Status = Literal["indexing", "ready", "failed", "deleting"]
 
+
+
+class Indexed(IntEnum):
+    """What counting one indexed batch of a document found (the batch script's answer)."""
+
+    #: The document was deleted meanwhile.
+    DELETED = -1
+    #: Batches are still missing.
+    MISSING = 0
+    #: This batch completed the document: its caller publishes it.
+    COMPLETE = 1
+    #: It was published already (a redelivered batch, staged again: publish again).
+    PUBLISHED = 2
+
+
 # A batch of a document is indexed: mark it in the document's bitmap (a redelivered batch
-# counts once), record the totals the last batch carries, and answer 1 when every batch
-# is in and the document is not yet ready: that caller publishes it; 2 if it is ready
-# already (a redelivered batch, staged again: publish again). A document deleted meanwhile
-# answers -1. KEYS: record, bitmap. ARGV: seq, batches ('' if unknown), chunks.
-_BATCH_INDEXED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+# counts once), record the totals the last batch carries, and answer what that makes of the
+# document (Indexed). KEYS: record, bitmap. ARGV: seq, batches ('' if unknown), chunks.
+_BATCH_INDEXED = script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return $DELETED end
 redis.call('SETBIT', KEYS[2], tonumber(ARGV[1]), 1)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'batches', ARGV[2], 'chunks', ARGV[3]) end
-if redis.call('HGET', KEYS[1], 'status') == 'ready' then
+if redis.call('HGET', KEYS[1], 'status') == $READY then
   redis.call('DEL', KEYS[2])
-  return 2
+  return $PUBLISHED
 end
 local total = redis.call('HGET', KEYS[1], 'batches')
-if not total or redis.call('BITCOUNT', KEYS[2]) < tonumber(total) then return 0 end
-return 1
-"""
+if not total or redis.call('BITCOUNT', KEYS[2]) < tonumber(total) then return $MISSING end
+return $COMPLETE
+""", READY="ready", **{state.name: state for state in Indexed})
 
 
 class DocumentRecord(Struct, kw_only=True):
@@ -69,7 +84,9 @@ def _member(collection: str, document_id: str) -> str:
     return f"{collection}/{document_id}"
 
 
-class Registry:
+class DocumentRegistry:
+    """Every document's record, the collections' documents still indexing, and each source's last document."""
+
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
@@ -100,7 +117,7 @@ class Registry:
     async def update(self, collection: str, document_id: str, **fields: str | int) -> None:
         key = self._keys.document(collection, document_id)
         if await self._redis.exists(key):
-            await self._redis.hset(key, mapping={**fields, "updated_ms": now_ms()})  # type: ignore[arg-type]
+            await self._redis.hset(key, mapping={**fields, "updated_ms": now_ms()})
             if fields.get("status", "indexing") != "indexing":
                 await self._redis.hdel(self._keys.indexing(collection), document_id)
 
@@ -108,12 +125,11 @@ class Registry:
         await self.update(collection, document_id, status="failed", error_code=code, error=message)
 
     async def batch_indexed(self, collection: str, document_id: str, seq: int, batches: int | None,
-                            chunks: int | None) -> int:
-        """Count one indexed batch: 1 when this call completed the document (publish it now), 2 when it
-        was published already, 0 when batches are still missing, -1 when it was deleted meanwhile."""
+                            chunks: int | None) -> Indexed:
+        """Count one indexed batch of the document."""
         keys = [self._keys.document(collection, document_id), self._keys.document_batches(collection, document_id)]
         args = [seq, "" if batches is None else batches, "" if chunks is None else chunks]
-        return int(await self._batch_indexed(keys=keys, args=args))
+        return Indexed(int(await self._batch_indexed(keys=keys, args=args)))
 
     async def published(self, record: DocumentRecord) -> None:
         """The document is visible in the store and what it replaced is gone: so is their record."""

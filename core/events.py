@@ -1,26 +1,53 @@
-"""Writing job event streams and job records: the only module that XADDs to ``<p>:job:{id}``.
+"""Writing job event streams: the only module that spells an XADD to ``<p>:job:{id}``.
 
 Every XADD is trimmed (MAXLEN ~) and refreshes the stream's expiry in the same
-script, so an event stream can never outlive its TTL or grow without bound.
+script, so an event stream can never outlive its TTL or grow without bound. Scripts
+elsewhere that write an event (cancelling, in core.queue) are built on :func:`event_script`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from core.autopipeline import autopipeline
 from core.keys import Keys
-from core.protocol import TERMINAL, Cancelled, Event, Job, encode_event, encode_job
+from core.lua import script
+from core.protocol import (
+    DATA_FIELD,
+    TERMINAL,
+    TYPE_FIELD,
+    Cancelled,
+    Event,
+    EventKind,
+    encode_event,
+    read_event,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from core.settings import LimitSettings
 
+# Appending one event: trimmed (MAXLEN ~) and the stream's expiry refreshed in the same step.
+# Every script that writes an event starts with it.
+_ADD_EVENT = """
+local function add(key, kind, data, maxlen, ttl)
+  local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', $TYPE, kind, $DATA, data)
+  redis.call('EXPIRE', key, ttl)
+  return id
+end
+-- The kind of the stream's last event (nil when it has none): an entry's first field is its type.
+local function last_kind(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][2][2]
+end
+local TERMINAL = $TERMINAL
+"""
+
 # Counts chunks an ingest job has indexed and writes its progress event, and its
 # done event once the producer has told the total and every chunk is in: atomic, so
-# exactly one caller finishes the job and nothing lands after `done`.
+# exactly one caller finishes the job and nothing lands after `done`. Answers 1 then, else 0.
 # KEYS: record, events. ARGV: added chunks (0 from the producer), total ('' unless
 # the producer is sealing), file, maxlen, ttl.
 _INGEST_PROGRESS = """
@@ -28,93 +55,72 @@ local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', tonumber(ARGV[1]))
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'chunks_total', ARGV[2]) end
 local total = redis.call('HGET', KEYS[1], 'chunks_total')
 local ttl = tonumber(ARGV[5])
-local function emit(kind, data)
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', kind, 'data', data)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  return id
-end
 if redis.call('HEXISTS', KEYS[1], 'finished') == 1 then return 0 end
 if tonumber(ARGV[1]) > 0 then
-  emit('progress', cjson.encode({type='progress', chunks_done=done,
-    chunks_total=(total and tonumber(total)) or cjson.null, file=ARGV[3]}))
+  add(KEYS[2], $PROGRESS, cjson.encode({[$TYPE]=$PROGRESS, chunks_done=done,
+    chunks_total=(total and tonumber(total)) or cjson.null, file=ARGV[3]}), ARGV[4], ttl)
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 if total and done >= tonumber(total) then
   redis.call('HSET', KEYS[1], 'finished', '1', 'status', 'done')
-  emit('done', cjson.encode({type='done', chunks=done}))
+  add(KEYS[2], $DONE, cjson.encode({[$TYPE]=$DONE, chunks=done}), ARGV[4], ttl)
   return 1
 end
 return 0
 """
 
-
 # One event for a job: refused (nil) when the job was cancelled, and then the job's
 # `cancelled` event is written instead, once. KEYS: events, record, cancel flag.
 # ARGV: maxlen, ttl, type, data, 1 to honour the cancel flag, the cancelled event's data.
 _EMIT = """
-local function add(kind, data)
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', kind, 'data', data)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+local function emit(kind, data)
+  local id = add(KEYS[1], kind, data, ARGV[1], tonumber(ARGV[2]))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
   return id
 end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  local kind = last[1] and last[1][2][2]
-  if kind ~= 'done' and kind ~= 'error' and kind ~= 'cancelled' then add('cancelled', ARGV[6]) end
+  if not TERMINAL[last_kind(KEYS[1])] then emit($CANCELLED, ARGV[6]) end
   return false
 end
-return add(ARGV[3], ARGV[4])
+return emit(ARGV[3], ARGV[4])
 """
 
-# Cancelling a job: -1 unknown, 0 already finished, 2 cancelled before any worker
-# started it (the `cancelled` event is written here), 1 running (its worker stops it).
-# KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the cancelled event's data.
-_CANCEL = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local kind = last[1] and last[1][2][2]
-if kind == 'done' or kind == 'error' or kind == 'cancelled' then return 0 end
-redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[2]))
-if not kind then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'cancelled', 'data', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-  return 2
-end
-return 1
-"""
+def event_script(body: str, **names: str | int) -> str:
+    """A Lua script that writes events: the append function, ``last_kind`` and ``TERMINAL`` first, then
+    ``body``, with the protocol's names put in (``$TYPE``, ``$DATA``, ``$PROGRESS``, ``$DONE``,
+    ``$CANCELLED``) and ``names``."""
+    return script(_ADD_EVENT + body, TYPE=TYPE_FIELD, DATA=DATA_FIELD, TERMINAL=TERMINAL,
+                  PROGRESS=EventKind.PROGRESS, DONE=EventKind.DONE, CANCELLED=EventKind.CANCELLED, **names)
 
-# Enqueueing a job unless the stream already holds ``max`` (0: no limit): the check and the
-# XADD in one step, so a burst cannot overshoot the limit. KEYS: stream. ARGV: max, job.
-# Returns -1 when added, else the stream's length.
-_ENQUEUE = """
-local n = redis.call('XLEN', KEYS[1])
-if tonumber(ARGV[1]) > 0 and n >= tonumber(ARGV[1]) then return n end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
-return -1
-"""
 
-_CANCELLED = encode_event(Cancelled(reason="cancelled by the client"))["data"]
+#: The data of the `cancelled` event a client's cancel writes.
+CANCELLED_BY_CLIENT: Final = encode_event(Cancelled(reason="cancelled by the client"))[DATA_FIELD]
 
 
 class JobCancelled(Exception):
     """The job's cancel flag is set: its worker stops and writes nothing more but `cancelled`."""
 
 
-class EventWriter:
-    """Appends events to job event streams and creates job records."""
+class JobWriter:
+    """Writes jobs' keys through the process's auto-pipeline, within the event streams' limits."""
 
     def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
         self._redis = redis
         # Events, records and job messages of concurrent jobs share round trips.
         self._pipe = autopipeline(redis)
         self._keys = keys
+        #: Entries kept per event stream (MAXLEN ~), and how long a job's keys live after their last write.
         self._maxlen = limits.events_maxlen
         self._ttl = limits.events_ttl_s
-        self._progress = redis.register_script(_INGEST_PROGRESS)
-        self._emit = redis.register_script(_EMIT)
-        self._cancel = redis.register_script(_CANCEL)
-        self._enqueue = redis.register_script(_ENQUEUE)
+
+
+class EventWriter(JobWriter):
+    """Appends events to job event streams."""
+
+    def __init__(self, redis: Redis, keys: Keys, limits: LimitSettings) -> None:
+        super().__init__(redis, keys, limits)
+        self._progress = redis.register_script(event_script(_INGEST_PROGRESS))
+        self._emit = redis.register_script(event_script(_EMIT))
 
     @property
     def redis(self) -> Redis:
@@ -125,9 +131,6 @@ class EventWriter:
     def keys(self) -> Keys:
         return self._keys
 
-    def _job_keys(self, job_id: str) -> list[str]:
-        return [self._keys.events(job_id), self._keys.record(job_id), self._keys.cancel(job_id)]
-
     async def emit(self, job_id: str, event: Event, *, unless_cancelled: bool = True) -> bytes:
         """XADD one event; returns its entry id (the SSE ``id:``).
 
@@ -136,7 +139,7 @@ class EventWriter:
         entry_id = await self._send(job_id, event, unless_cancelled)
         if entry_id is None:
             raise JobCancelled(job_id)
-        return entry_id  # type: ignore[no-any-return]
+        return entry_id
 
     def job(self, job_id: str) -> JobEvents:
         """A writer for one job's events that does not wait for each reply (see JobEvents)."""
@@ -150,8 +153,8 @@ class EventWriter:
         fields = encode_event(event)
         return self._pipe.send_script(
             self._emit,
-            self._job_keys(job_id),
-            [self._maxlen, self._ttl, fields["type"], fields["data"], int(unless_cancelled), _CANCELLED],
+            self._keys.job_keys(job_id),
+            [self._maxlen, self._ttl, fields[TYPE_FIELD], fields[DATA_FIELD], int(unless_cancelled), CANCELLED_BY_CLIENT],
         )
 
     async def last_event_ms(self, job_id: str) -> int | None:
@@ -170,8 +173,7 @@ class EventWriter:
             for job_id in job_ids:
                 pipe.xrevrange(self._keys.events(job_id), count=1)
             replies = await pipe.execute()
-        return {job_id for job_id, last in zip(job_ids, replies)
-                if last and last[0][1].get(b"type", b"").decode() in TERMINAL}
+        return {job_id for job_id, last in zip(job_ids, replies) if last and read_event(*last[0]).terminal}
 
     async def mark_cancelled(self, job_id: str) -> None:
         """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""
@@ -179,38 +181,6 @@ class EventWriter:
             await self.emit(job_id, Cancelled(), unless_cancelled=True)
         except JobCancelled:
             return
-
-    async def cancel(self, job_id: str) -> int:
-        """Set the job's cancel flag: -1 unknown, 0 finished already, 1 running, 2 cancelled before it started."""
-        result = await self._pipe.script(self._cancel, self._job_keys(job_id), [self._maxlen, self._ttl, _CANCELLED])
-        if int(result) == 1:
-            await self._redis.publish(self._keys.cancels, job_id)
-        return int(result)
-
-    async def submit(self, job: Job, stream: str, record: dict[str, str | int], *,
-                     max_backlog: int = 0) -> int | None:
-        """Create the job's record, then enqueue it, in one round trip; the record makes the job
-        id known at once. With ``max_backlog``, a stream already that long refuses the job (its
-        record is deleted): returns that length; None when the job was enqueued."""
-        record = {"kind": job.kind, "created_ms": job.created_ms, **record}
-        futures = [self._pipe.send(*command) for command in self._record(job.id, record)]
-        futures.append(self._pipe.send_script(self._enqueue, [stream], [max_backlog, encode_job(job)]))
-        *_, backlog = await asyncio.gather(*futures)
-        if int(backlog) < 0:
-            return None
-        await self._pipe.execute_command("DEL", self._keys.record(job.id))
-        return int(backlog)
-
-    async def create_record(self, job_id: str, record: dict[str, str | int]) -> None:
-        await self._pipe.many(*self._record(job_id, record))
-
-    def _record(self, job_id: str, record: dict[str, str | int]) -> list[tuple[object, ...]]:
-        key = self._keys.record(job_id)
-        fields = [item for pair in record.items() for item in pair]
-        return [("HSET", key, *fields), ("EXPIRE", key, self._ttl)]
-
-    async def enqueue(self, job: Job, stream: str) -> None:
-        await self._pipe.execute_command("XADD", stream, "*", "job", encode_job(job))
 
     async def ingest_progress(self, job_id: str, chunks: int, file: str) -> bool:
         """Count ``chunks`` as indexed; True when this call finished the job."""

@@ -1,4 +1,4 @@
-"""Worker heartbeats as every process reads them (written by workers.registry)."""
+"""Worker heartbeats as every process reads them (written by workers.leases)."""
 
 from __future__ import annotations
 

@@ -48,6 +48,10 @@ class Keys:
         """The job's hash: kind, request, counters; proves the job exists."""
         return f"{self.prefix}:job:{{{job_id}}}:record"
 
+    def job_keys(self, job_id: str) -> list[str]:
+        """The job's event stream, record and cancel flag: the keys of every script that writes its events."""
+        return [self.events(job_id), self.record(job_id), self.cancel(job_id)]
+
     def document(self, collection: str, document_id: str) -> str:
         """A document's registry hash: status, file, source, pages, chunks..."""
         return f"{self.prefix}:doc:{{{collection}/{document_id}}}"
@@ -55,6 +59,10 @@ class Keys:
     def indexing(self, collection: str) -> str:
         """Hash document id -> file of the collection's documents being indexed (not yet searchable)."""
         return f"{self.prefix}:indexing:{{{collection}}}"
+
+    def lease(self, consumer: str) -> str:
+        """A consumer name's lease: held by one live worker process (workers.leases)."""
+        return f"{self.workers}:lease:{consumer}"
 
     def document_batches(self, collection: str, document_id: str) -> str:
         """Bitmap of the document's batches indexed so far (bit = batch position): redeliveries count once."""

@@ -6,15 +6,29 @@ and the answers that read it back.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
 from msgspec import Struct
 
+from core.errors import BadRequest
 from core.text import starts_with_heading
 
 #: The collection of a question or an upload that names none.
 DEFAULT_COLLECTION: Final = "default"
+#: What a collection may be called (ingest and the API check it; see staging()).
+COLLECTION_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+COLLECTION_NAME_RULE: Final = "1 to 64 letters, digits, '_' or '-'"
+
+
+def collection_name(value: str | None) -> str:
+    """The collection a request names, the default when it names none; BadRequest for a name not allowed."""
+    if not value:
+        return DEFAULT_COLLECTION
+    if not COLLECTION_NAME.fullmatch(value):
+        raise BadRequest(f"collection: {COLLECTION_NAME_RULE}", code="invalid_collection")
+    return value
 
 #: Payload keys that searches, publishing and deleting filter on (each has a payload index).
 COLLECTION: Final = "collection"
@@ -35,8 +49,8 @@ HEADING: Final = "heading"
 def staging(collection: str) -> str:
     """The hidden ``collection`` value of a document's points until it is published.
 
-    Collection names are letters, digits, '_' and '-' (ingest and the API check), so
-    this value never names a real collection and no query searches it.
+    A collection's name matches COLLECTION_NAME, so this value never names a real collection
+    and no query searches it.
     """
     return f"~staging:{collection}"
 
@@ -90,6 +104,11 @@ def payload_dict(payload: ChunkPayload) -> dict[str, Any]:
     return _to_dict(payload)  # type: ignore[no-any-return]
 
 
+#: What a stored payload lacks reads as empty (a point written by hand, or by an older release).
+_EMPTY: Final = {"collection": "", "document_id": "", "file": "", "page": 0, "index": 0, "text": ""}
+
+
 def read_payload(raw: dict[str, Any]) -> ChunkPayload:
-    """A stored payload, old points (without ``context`` or ``nav``) included."""
-    return msgspec.convert(raw, ChunkPayload, strict=False)
+    """A stored payload, old points (without ``context`` or ``nav``) included; a chunk without a
+    ``page_end`` ends on its ``page``."""
+    return msgspec.convert({**_EMPTY, "page_end": raw.get("page", 0), **raw}, ChunkPayload, strict=False)

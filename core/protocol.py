@@ -1,16 +1,17 @@
 """The stream protocol: job messages and job events as msgspec Structs, one encode/decode pair each.
 
-A job stream entry has one field, ``job``: a msgpack-encoded :class:`Job`.
-A job event stream entry has two fields: ``type`` (the event tag) and ``data`` (the
-event as JSON, tag included), so the API relays ``data`` verbatim as SSE without
-decoding it.
+A job stream entry has one field, ``job`` (:data:`JOB_FIELD`): a msgpack-encoded :class:`Job`.
+A job event stream entry has two fields: ``type`` (the event's :class:`EventKind`) and
+``data`` (the event as JSON, tag included), so the API relays ``data`` verbatim as SSE
+without decoding it. Nothing else spells these names: Lua scripts get them put in (core.lua).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Final, Literal
+from enum import StrEnum
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 from msgspec import Struct
@@ -134,7 +135,117 @@ def decode_job(data: bytes) -> Job:
     return _job_decoder.decode(data)
 
 
+# ---------------------------------------------------------------- stream entries
+
+#: The one field of a job stream entry (and of a dead letter's copy of the job).
+JOB_FIELD: Final = "job"
+#: The two fields of an event stream entry, in this order (Lua reads an entry's type as its first value).
+TYPE_FIELD: Final = "type"
+DATA_FIELD: Final = "data"
+
+_JOB_KEY: Final = JOB_FIELD.encode()
+_TYPE_KEY: Final = TYPE_FIELD.encode()
+_DATA_KEY: Final = DATA_FIELD.encode()
+
+
+class MalformedJob(ValueError):
+    """A job stream entry that holds no job this protocol can read: dead on arrival."""
+
+
+def job_fields(job: Job) -> dict[str, bytes]:
+    """The fields of one job stream entry."""
+    return {JOB_FIELD: encode_job(job)}
+
+
+def read_job(fields: dict[bytes, bytes]) -> Job:
+    """The job of a job stream entry; raises MalformedJob saying what is wrong with it."""
+    raw = fields.get(_JOB_KEY)
+    if raw is None:
+        raise MalformedJob(f"message has no {JOB_FIELD!r} field")
+    try:
+        return decode_job(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedJob(str(exc)) from None
+
+
+class EventEntry(NamedTuple):
+    """One entry of a job's event stream as read back: its entry id (the SSE ``id:``), kind and JSON."""
+
+    id: str
+    kind: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL
+
+    def event(self) -> Event:
+        return decode_event(self.data)
+
+
+def read_event(entry_id: bytes | str, fields: dict[bytes, bytes]) -> EventEntry:
+    """The one decoder of event stream entries, as XREAD, XRANGE and XREVRANGE return them."""
+    return EventEntry(entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                      fields[_TYPE_KEY].decode(), fields[_DATA_KEY].decode())
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+class DeadLetter(Struct, kw_only=True):
+    """A job message that failed for good, as the dead-letter stream keeps it (one field per attribute)."""
+
+    #: The job stream it came from, and its entry id there.
+    stream: str
+    entry_id: str
+    #: Its last error: a stable code, and the message.
+    code: str
+    error: str
+    #: How often it was delivered, and the consumer that gave up on it.
+    deliveries: int
+    consumer: str
+    #: When it was dead-lettered (Unix ms).
+    dead_ms: int
+    #: The job message as it was (msgpack), and its id; absent when it could not be read.
+    job: bytes | None = None
+    job_id: str | None = None
+
+    def fields(self) -> dict[str, str | bytes | int]:
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+
+    @classmethod
+    def read(cls, fields: dict[bytes, bytes]) -> DeadLetter:
+        """Tolerant of what it cannot read: a dead-letter stream is where broken things go."""
+        def text(name: str) -> str:
+            return fields.get(name.encode(), b"").decode(errors="replace")
+
+        return cls(stream=text("stream"), entry_id=text("entry_id"), code=text("code"), error=text("error"),
+                   deliveries=_int(fields.get(b"deliveries")), consumer=text("consumer"),
+                   dead_ms=_int(fields.get(b"dead_ms")), job=fields.get(_JOB_KEY), job_id=text("job_id") or None)
+
+
+def _int(raw: bytes | None) -> int:
+    return int(raw) if raw and raw.isdigit() else 0
+
+
 # ---------------------------------------------------------------- job events
+
+
+class EventKind(StrEnum):
+    """The ``type`` of an event: its stream entry's field, its SSE ``event:``, its JSON tag."""
+
+    SOURCES = "sources"
+    TOKEN = "token"
+    PROGRESS = "progress"
+    DOCUMENT = "document"
+    RESTART = "restart"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+#: The kinds that end a job's event stream: nothing is written after one (the Lua scripts get this set).
+TERMINAL: Final = frozenset({EventKind.DONE, EventKind.ERROR, EventKind.CANCELLED})
 
 
 class Source(Struct, frozen=True, kw_only=True):
@@ -169,23 +280,23 @@ class Timings(Struct, frozen=True, kw_only=True):
     batch_size: int = 1
 
 
-class Sources(Struct, frozen=True, tag="sources", tag_field="type", kw_only=True):
+class Sources(Struct, frozen=True, tag=EventKind.SOURCES.value, tag_field=TYPE_FIELD, kw_only=True):
     sources: list[Source]
     #: Files of the collection still being indexed: not searched until every chunk of theirs is in.
     indexing: list[str] = []
 
 
-class Token(Struct, frozen=True, tag="token", tag_field="type", kw_only=True):
+class Token(Struct, frozen=True, tag=EventKind.TOKEN.value, tag_field=TYPE_FIELD, kw_only=True):
     text: str
 
 
-class Progress(Struct, frozen=True, tag="progress", tag_field="type", kw_only=True):
+class Progress(Struct, frozen=True, tag=EventKind.PROGRESS.value, tag_field=TYPE_FIELD, kw_only=True):
     chunks_done: int
     chunks_total: int | None = None
     file: str | None = None
 
 
-class DocumentEvent(Struct, frozen=True, tag="document", tag_field="type", kw_only=True):
+class DocumentEvent(Struct, frozen=True, tag=EventKind.DOCUMENT.value, tag_field=TYPE_FIELD, kw_only=True):
     """An ingest job's news about one file: ``indexing`` (parsing starts), ``sent`` (every chunk is on its
     way), ``ready`` (indexed and visible to queries), ``unchanged``, ``failed``; ``deleted`` for deletions."""
 
@@ -200,7 +311,7 @@ class DocumentEvent(Struct, frozen=True, tag="document", tag_field="type", kw_on
     message: str | None = None
 
 
-class Restart(Struct, frozen=True, tag="restart", tag_field="type", kw_only=True):
+class Restart(Struct, frozen=True, tag=EventKind.RESTART.value, tag_field=TYPE_FIELD, kw_only=True):
     """The job was taken over by another worker: discard partial output."""
 
     delivery: int
@@ -215,7 +326,7 @@ EMPTY_COLLECTION: Final = "empty_collection"
 UPLOAD_INTERRUPTED: Final = "upload_interrupted"
 
 
-class Done(Struct, frozen=True, tag="done", tag_field="type", kw_only=True):
+class Done(Struct, frozen=True, tag=EventKind.DONE.value, tag_field=TYPE_FIELD, kw_only=True):
     answer: str = ""
     #: The sources the answer cites as [n]; for an answer that cites none, those whose sentences support it.
     citations: list[Source] = []
@@ -228,18 +339,16 @@ class Done(Struct, frozen=True, tag="done", tag_field="type", kw_only=True):
     supported: bool = True
 
 
-class Error(Struct, frozen=True, tag="error", tag_field="type", kw_only=True):
+class Error(Struct, frozen=True, tag=EventKind.ERROR.value, tag_field=TYPE_FIELD, kw_only=True):
     code: str
     message: str
 
 
-class Cancelled(Struct, frozen=True, tag="cancelled", tag_field="type", kw_only=True):
+class Cancelled(Struct, frozen=True, tag=EventKind.CANCELLED.value, tag_field=TYPE_FIELD, kw_only=True):
     reason: str = "cancelled"
 
 
 Event = Sources | Token | Progress | DocumentEvent | Restart | Done | Error | Cancelled
-EventType = Literal["sources", "token", "progress", "document", "restart", "done", "error", "cancelled"]
-TERMINAL: Final = frozenset({"done", "error", "cancelled"})
 
 _event_encoder: Final = msgspec.json.Encoder()
 _event_decoder: Final = msgspec.json.Decoder(Event)
@@ -251,8 +360,8 @@ def event_type(event: Event) -> str:
 
 def encode_event(event: Event) -> dict[str, bytes]:
     """The fields of one event stream entry."""
-    return {"type": event_type(event).encode(), "data": _event_encoder.encode(event)}
+    return {TYPE_FIELD: event_type(event).encode(), DATA_FIELD: _event_encoder.encode(event)}
 
 
-def decode_event(data: bytes) -> Event:
+def decode_event(data: bytes | str) -> Event:
     return _event_decoder.decode(data)

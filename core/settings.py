@@ -3,16 +3,20 @@
 Every field of a section maps to ``RAG_<SECTION>_<FIELD>`` (``RAG_REDIS_URL``,
 ``RAG_WORKER_BATCH_SIZE``); top-level fields map to ``RAG_<FIELD>`` (``RAG_DATA_DIR``).
 An optional ``.env`` file in the working directory supplies values the environment
-does not. A bad value stops the process with a message that names the variable.
+does not. A bad value stops the process with a message that names the variable: types
+and ranges are checked as the tree is built, the rest (URLs, names, settings that must
+agree with each other) by :func:`check` right after.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -67,6 +71,9 @@ class LLMSettings(Struct, frozen=True, kw_only=True):
     #: A question whose best sentence scores below this (0.6 x cosine + 0.4 x BM25 term share) is answered
     #: "not found" without asking the LLM.
     min_score: Annotated[float, Meta(ge=0, le=1)] = 0.3
+    #: Sentence vectors kept between answers (1.5 KiB each): questions about the same documents meet the
+    #: same sentences, and embedding a question's five sources costs about as much as embedding five chunks.
+    sentence_cache: Annotated[int, Meta(ge=0)] = 20000
 
 
 class RetrievalSettings(Struct, frozen=True, kw_only=True):
@@ -240,10 +247,77 @@ def load_settings(
         else:
             tree.setdefault(path[0], {})[path[1]] = raw
     try:
-        return _convert(tree)
+        settings = _convert(tree)
     except msgspec.ValidationError as exc:
         var = _var_for_error(str(exc), names)
         raise SettingsError(f"{var}: {exc}") from None
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """What types and ranges cannot say: URLs, names, and settings that must agree with each other.
+    Raises SettingsError naming the first variable found wrong."""
+    for var, problem in _problems(settings):
+        raise SettingsError(f"{var}: {problem}")
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Tesseract language codes, several joined by '+' (eng, chi_sim, eng+deu).
+_OCR_LANGUAGES = re.compile(r"^[A-Za-z0-9_]+(?:\+[A-Za-z0-9_]+)*$")
+
+
+def _problems(s: Settings) -> Iterator[tuple[str, str]]:
+    yield from _url("RAG_REDIS_URL", s.redis.url, _REDIS_SCHEMES)
+    if not s.redis.prefix or re.search(r"[{}\s]", s.redis.prefix):
+        # Braces would break the hash tags every key is built with (core.keys).
+        yield "RAG_REDIS_PREFIX", f"{s.redis.prefix!r}: give a non-empty prefix without braces or spaces"
+    if s.qdrant.url not in (None, ":memory:"):  # qdrant-client's in-process mode: the tests' server adapter
+        yield from _url("RAG_QDRANT_URL", s.qdrant.url, ("http", "https"))
+    if not s.qdrant.collection or re.search(r"[/\s]", s.qdrant.collection):
+        yield "RAG_QDRANT_COLLECTION", f"{s.qdrant.collection!r}: give a name without slashes or spaces"
+    for section, backend, needs_url in (("EMBEDDER", s.embedder.backend, s.embedder.backend == "openai"),
+                                        ("LLM", s.llm.backend, s.llm.backend == "openai"),
+                                        ("RERANKER", s.reranker.backend, s.reranker.backend != "off")):
+        url = getattr(s, section.lower()).base_url
+        if needs_url and url is None:
+            yield f"RAG_{section}_BASE_URL", f"required with RAG_{section}_BACKEND={backend}: the endpoint's base URL"
+        elif url is not None:
+            yield from _url(f"RAG_{section}_BASE_URL", url, ("http", "https"))
+    yield from _agree(s)
+    if not _OCR_LANGUAGES.fullmatch(s.ingest.ocr_language):
+        yield "RAG_INGEST_OCR_LANGUAGE", f"{s.ingest.ocr_language!r}: Tesseract language codes joined by '+' (eng+deu)"
+    for var, value in (("RAG_DATA_DIR", s.data_dir), ("RAG_API_HOST", s.api.host)):
+        if not value.strip():
+            yield var, "must not be empty"
+
+
+def _agree(s: Settings) -> Iterator[tuple[str, str]]:
+    """Settings that must agree with each other."""
+    i, limits, r = s.ingest, s.limits, s.retrieval
+    if i.overlap_words >= i.chunk_words:
+        yield "RAG_INGEST_OVERLAP_WORDS", f"{i.overlap_words} must be below RAG_INGEST_CHUNK_WORDS ({i.chunk_words})"
+    if i.overlap_tokens >= i.chunk_tokens:
+        yield ("RAG_INGEST_OVERLAP_TOKENS",
+               f"{i.overlap_tokens} must be below RAG_INGEST_CHUNK_TOKENS ({i.chunk_tokens})")
+    if limits.top_k_default > limits.top_k_max:
+        yield ("RAG_LIMITS_TOP_K_DEFAULT",
+               f"{limits.top_k_default} is above RAG_LIMITS_TOP_K_MAX ({limits.top_k_max})")
+    if r.mode == "hybrid" and r.dense_weight == r.sparse_weight == r.heading_weight == 0:
+        yield "RAG_RETRIEVAL_DENSE_WEIGHT", "hybrid search needs an arm of weight above 0 (dense, sparse or heading)"
+
+
+def _url(var: str, url: str, schemes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as exc:
+        yield var, f"{url!r} is not a URL: {exc}"
+        return
+    if parts.scheme not in schemes:
+        yield var, f"{url!r}: the scheme must be one of {', '.join(s + '://' for s in schemes)}"
+    elif parts.scheme != "unix" and not parts.hostname:
+        yield var, f"{url!r} names no host"
 
 
 def load_or_exit() -> Settings:

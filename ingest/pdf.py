@@ -1,8 +1,8 @@
 """Reading PDFs with PyMuPDF: one page at a time, as text blocks in reading order, never the whole document.
 
 A page becomes a list of blocks: paragraphs (MuPDF joins hyphenated line breaks) and
-ruled tables (as markdown, see :mod:`ingest.tables`), ordered column by column, with the
-headers and footers that repeat across pages dropped (see :func:`drop_repeats`).
+ruled tables (as markdown, see :mod:`ingest.tables`), put in reading order by
+:mod:`ingest.layout`, which also drops the headers and footers that repeat across pages.
 A page without a text layer is OCRed with Tesseract when it is installed, and is
 otherwise reported as skipped: never silently empty.
 """
@@ -15,10 +15,9 @@ import math
 import os
 import re
 import statistics
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, Self
+from typing import Self
 
 import pymupdf
 import structlog
@@ -26,6 +25,7 @@ from msgspec import Struct
 
 from ingest import pdflib, tables
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, NotAPdf, TooLarge
+from ingest.layout import MARGIN, Block, Page, reading_order
 from ingest.structure import OutlineEntry
 
 log = structlog.get_logger("ingest.pdf")
@@ -47,12 +47,6 @@ SCAN_MAX_CHARS = 64
 #: so this keeps `python -m ingest` within its 300 MB (a letter page at 200 dpi is 3.7 million; a
 #: poster-sized scan is OCRed at a lower dpi instead of taking gigabytes).
 OCR_MAX_PIXELS = 6_000_000
-#: Fraction of the page height at the top and at the bottom where headers and footers live.
-MARGIN = 0.08
-#: Pages looked at on each side of a page to decide that a margin line repeats.
-REPEAT_WINDOW = 4
-#: A margin line seen on this many other pages of the window is a header or footer.
-REPEAT_MIN = 2
 #: Line-art paths a page needs before it is worth looking for ruled tables.
 TABLE_MIN_PATHS = 4
 
@@ -64,24 +58,6 @@ def document_id(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:32]
-
-
-class Block(NamedTuple):
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    text: str
-    table: bool = False
-
-
-class Page(Struct):
-    number: int  # 1-based
-    height: float
-    blocks: list[Block]
-    ocr: bool = False
-    #: No text layer and no OCR available: reported to the user.
-    skipped: bool = False
 
 
 @functools.lru_cache(maxsize=8)
@@ -266,7 +242,7 @@ def _is_scan(page: pymupdf.Page) -> bool:
     """Images cover at least half the page: a scan (a blank page is just empty)."""
     area = abs(page.rect) or 1.0
     covered = sum(abs(pymupdf.Rect(info["bbox"]) & page.rect) for info in page.get_image_info())
-    return covered / area >= 0.5
+    return bool(covered / area >= 0.5)
 
 
 def _upright(blocks: list[Block], matrix: pymupdf.Matrix) -> list[Block]:
@@ -288,81 +264,3 @@ def _with_tables(page: pymupdf.Page, blocks: list[Block], vectors: list[tuple], 
                       for (x0, y0, x1, y1), _ in found)]
     out += [Block(*bbox, markdown, table=True) for bbox, markdown in found]
     return out
-
-
-def reading_order(blocks: list[Block]) -> list[Block]:
-    """Blocks as a person reads them: full-width blocks split the page into bands; within a
-    band, narrow blocks group into columns (overlapping x ranges), read left to right,
-    each top to bottom."""
-    if len(blocks) < 2:
-        return blocks
-    left = min(b.x0 for b in blocks)
-    width = max(b.x1 for b in blocks) - left or 1.0
-    ordered: list[Block] = []
-    band: list[Block] = []
-    for block in sorted(blocks, key=lambda b: (b.y0, b.x0)):
-        if block.x1 - block.x0 > 0.55 * width:
-            ordered += _columns(band)
-            band = []
-            ordered.append(block)
-        else:
-            band.append(block)
-    ordered += _columns(band)
-    return ordered
-
-
-def _columns(band: list[Block]) -> list[Block]:
-    if len(band) < 2:
-        return band
-    columns: list[list[Block]] = []
-    right = -1.0
-    for block in sorted(band, key=lambda b: b.x0):
-        # A small tolerance: ragged or indented lines of one column still overlap.
-        if columns and block.x0 < right - 2:
-            columns[-1].append(block)
-            right = max(right, block.x1)
-        else:
-            columns.append([block])
-            right = block.x1
-    return [b for column in columns for b in sorted(column, key=lambda b: (b.y0, b.x0))]
-
-
-_DIGITS = re.compile(r"\d+")
-
-
-def _margin_key(block: Block) -> str:
-    # "Page 3 of 40" and "Page 4 of 40" are the same footer.
-    return _DIGITS.sub("#", " ".join(block.text.split()).lower())
-
-
-def _margin_keys(page: Page) -> dict[int, str]:
-    """Block position -> key, for the blocks in the page's top and bottom margins."""
-    top, bottom = page.height * MARGIN, page.height * (1 - MARGIN)
-    return {i: _margin_key(b) for i, b in enumerate(page.blocks)
-            if (b.y1 <= top or b.y0 >= bottom) and not b.table}
-
-
-def drop_repeats(pages: Iterable[Page], window: int = REPEAT_WINDOW) -> Iterator[Page]:
-    """Drop header and footer blocks: margin lines that repeat on other pages nearby.
-
-    Looks ``window`` pages ahead and behind, so only ``window + 1`` pages are held at once.
-    """
-    ahead: deque[tuple[Page, dict[int, str]]] = deque()
-    behind: deque[set[str]] = deque(maxlen=window)
-
-    def emit() -> Page:
-        page, keys = ahead.popleft()
-        if keys:
-            others = [*behind, *(set(k.values()) for _, k in ahead)]
-            drop = {i for i, key in keys.items() if sum(key in other for other in others) >= REPEAT_MIN}
-            if drop:
-                page.blocks = [b for i, b in enumerate(page.blocks) if i not in drop]
-        behind.append(set(keys.values()))
-        return page
-
-    for page in pages:
-        ahead.append((page, _margin_keys(page)))
-        if len(ahead) > window:
-            yield emit()
-    while ahead:
-        yield emit()

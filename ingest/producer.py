@@ -1,5 +1,7 @@
 """Sending PDFs to the workers: parse, chunk, XADD chunk batches, and follow the job's progress.
 
+Administering what is indexed (listing, deleting) is :mod:`ingest.documents`.
+
 The CLI and the API's upload endpoint share this code. Only a bounded window of
 chunks is ever sent but not yet indexed (backpressure), so Redis never holds a
 whole library of un-embedded text; parsing runs a batch at a time in a thread, and
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -17,8 +20,9 @@ import pymupdf
 import structlog
 from msgspec import Struct
 
-from core.documents import DocumentRecord, Registry
+from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
+from core.hub import EventHub, own_hub
 from core.keys import Keys
 from core.loop import cancel
 from core.payload import DEFAULT_COLLECTION
@@ -27,15 +31,16 @@ from core.protocol import (
     DeleteDocument,
     Document,
     DocumentEvent,
+    Done,
     Error,
     IngestBatch,
     Progress,
     chunk_id,
-    decode_event,
     new_id,
     new_job,
     now_ms,
 )
+from core.queue import JobQueue
 from ingest.chunker import TokenCounter
 from ingest.errors import FileNotFound, IngestError, NoText
 from ingest.parse import ParseStats, parse
@@ -123,7 +128,8 @@ class Producer:
         self._settings = settings
         self._keys = Keys(settings.redis.prefix)
         self._events = EventWriter(redis, self._keys, settings.limits)
-        self.registry = Registry(redis, self._keys)
+        self._queue = JobQueue(redis, self._keys, settings.limits)
+        self._registry = DocumentRegistry(redis, self._keys)
         self._collection = collection or DEFAULT_COLLECTION
         self._force = force
         self._window = window_chunks or settings.ingest.window_chunks
@@ -142,7 +148,13 @@ class Producer:
         if self._counter is None:
             self._counter = await asyncio.to_thread(TokenCounter.minilm)
         state.pages_total = await asyncio.to_thread(count_pages, [i.path for i in items])
-        follower = asyncio.create_task(self._follow(state, on_update))
+        async with own_hub(self._redis) as hub:
+            return await self._send_all(items, state, on_update, hub, fail_job=fail_job)
+
+    async def _send_all(self, items: list[IngestFile], state: RunState,
+                        on_update: Callable[[RunState, FileResult | None], None], hub: EventHub, *,
+                        fail_job: bool) -> list[FileResult]:
+        follower = asyncio.create_task(self._follow(state, on_update, hub))
         results: list[FileResult] = []
         try:
             for item in items:
@@ -180,7 +192,7 @@ class Producer:
 
     async def open_job(self, job_id: str, files: int) -> None:
         """Create the ingest job's record: its id is known (and its events readable) from now on."""
-        await self._events.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
+        await self._queue.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
 
     async def _send_file(self, item: IngestFile, state: RunState,
                          on_update: Callable[[RunState, FileResult | None], None]) -> FileResult:
@@ -195,11 +207,11 @@ class Producer:
         except IngestError as exc:
             return FileResult(path=str(item.path), status="failed", code=exc.code, message=exc.message)
         with reader:
-            existing = await self.registry.get(collection, doc_id)
+            existing = await self._registry.get(collection, doc_id)
             if existing is not None and existing.status == "ready" and not self._force:
                 return FileResult(path=str(item.path), status="unchanged", document_id=doc_id, pages=existing.pages,
                                   chunks=existing.chunks, message="already indexed, unchanged (--force re-indexes)")
-            previous = await self.registry.by_source(collection, item.source)
+            previous = await self._registry.by_source(collection, item.source)
             # A new version goes to the staging area and replaces the old one when complete;
             # a forced re-index of a ready document overwrites its own points in place.
             staged = existing is None or existing.status != "ready"
@@ -209,7 +221,7 @@ class Producer:
                 replaces=previous if previous and previous != doc_id else "",
                 created_ms=existing.created_ms if existing else 0,
             )
-            await self.registry.start(record)
+            await self._registry.start(record)
             await self._events.emit(state.job_id, DocumentEvent(
                 status="indexing", file=item.name, document_id=doc_id, pages=reader.pages,
             ), unless_cancelled=False)
@@ -228,7 +240,7 @@ class Producer:
                 state.pages = pages_before + reader.pages
                 return FileResult(path=str(item.path), status="failed", document_id=doc_id, pages=reader.pages,
                                   skipped_pages=stats.skipped_pages, code=error.code, message=error.message)
-            await self.registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
+            await self._registry.update(collection, doc_id, skipped_pages=len(stats.skipped_pages),
                                        ocr_pages=len(stats.ocr_pages))
             skipped = (f"{len(stats.skipped_pages)} page(s) without a text layer skipped (install tesseract-ocr to "
                        f"OCR them): {_pages(stats.skipped_pages)}") if stats.skipped_pages else None
@@ -237,10 +249,10 @@ class Producer:
                               nav_pages=stats.nav_pages, message=skipped)
 
     async def _abandon(self, collection: str, doc_id: str, staged: bool, error: IngestError) -> None:
-        await self.registry.fail(collection, doc_id, error.code, error.message)
+        await self._registry.fail(collection, doc_id, error.code, error.message)
         if staged:
             # Whatever was sent of a failed new version is garbage: the workers drop it.
-            await self._events.enqueue(new_job(DeleteDocument(
+            await self._queue.enqueue(new_job(DeleteDocument(
                 document_id=doc_id, collection=collection, forget=False, report=False)), self._keys.ingest)
 
     async def _send_chunks(self, reader: PdfReader, document: Document, staged: bool, stats: ParseStats,
@@ -274,7 +286,7 @@ class Producer:
                 chunks_total=sent + len(batch) if last else None,
                 staged=staged,
             )
-            await self._events.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
+            await self._queue.enqueue(new_job(message, job_id=state.job_id), self._keys.ingest)
             seq += 1
             sent += len(batch)
             state.chunks_sent += len(batch)
@@ -283,72 +295,23 @@ class Producer:
             batch = following
         return sent
 
-    async def delete(self, document_id: str, *, timeout_s: float = 60.0) -> int | None:
-        """Delete a document through the workers and wait for it; the number of points removed.
-
-        None when the registry does not know it (in this collection).
-        """
-        job_id = await self.request_delete(document_id)
-        if job_id is None:
-            return None
-        key = self._keys.events(job_id)
-        cursor = b"0-0"
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            reply = await self._redis.xread({key: cursor}, count=100, block=1000)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    if fields[b"type"] == b"done":
-                        return int(getattr(decode_event(fields[b"data"]), "chunks", 0))
-        raise TimeoutError(f"no worker deleted document {document_id} within {timeout_s:.0f} s")
-
-    async def request_delete(self, document_id: str) -> str | None:
-        """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown)."""
-        if await self.registry.get(self._collection, document_id) is None:
-            return None
-        job = new_job(DeleteDocument(document_id=document_id, collection=self._collection))
-        await self.registry.update(self._collection, document_id, status="deleting")
-        await self._events.submit(job, self._keys.ingest, {"document_id": document_id,
-                                                           "collection": self._collection})
-        return job.id
-
-    async def resolve(self, id_or_path: str) -> str | None:
-        """A document id from an id, or from a path: the source it was indexed from, else its content hash."""
-        if await self.registry.get(self._collection, id_or_path) is not None:
-            return id_or_path
-        path = Path(id_or_path)
-        found = await self.registry.by_source(self._collection, str(path.resolve()))
-        if found:
-            return found
-        if path.is_file():
-            return await asyncio.to_thread(document_id, path)
-        return None
-
     async def _wait_for_window(self, state: RunState) -> None:
         while state.chunks_sent - state.chunks_indexed >= self._window and not state.finished:
             await asyncio.sleep(0.05)
 
-    async def _follow(self, state: RunState, on_update: Callable[[RunState, FileResult | None], None]) -> None:
-        cursor = b"0-0"
-        key = self._keys.events(state.job_id)
-        while True:
-            reply = await self._redis.xread({key: cursor}, count=100, block=1000)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    kind = fields[b"type"].decode()
-                    event = decode_event(fields[b"data"])
-                    if isinstance(event, Progress):
-                        state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
-                    elif kind == "done":
-                        state.finished = True
-                    elif kind in ("error", "cancelled"):
-                        state.error = getattr(event, "message", kind)
-                        state.finished = True
-                    on_update(state, None)
-                    if state.finished:
-                        return
+    async def _follow(self, state: RunState, on_update: Callable[[RunState, FileResult | None], None],
+                      hub: EventHub) -> None:
+        """The job's progress, as the workers report it, into ``state``, until the job ends."""
+        async with aclosing(hub.follow(self._keys.events(state.job_id))) as entries:
+            async for entry in entries:
+                event = entry.event()
+                if isinstance(event, Progress):
+                    state.chunks_indexed = max(state.chunks_indexed, event.chunks_done)
+                elif entry.terminal:
+                    if not isinstance(event, Done):
+                        state.error = getattr(event, "message", entry.kind)
+                    state.finished = True
+                on_update(state, None)
 
 
 def _pages(numbers: list[int]) -> str:

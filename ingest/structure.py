@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from core.text import normalize
 
 if TYPE_CHECKING:
-    from ingest.pdf import Block, Page
+    from ingest.layout import Block, Page
 
 #: Separates the levels of a section path in the contextual header.
 PATH_SEP = " > "

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import structlog
 from msgspec import Struct
 
-from core.documents import Registry
+from core.documents import DocumentRegistry
 from core.errors import BadRequest, RagError
-from core.payload import DEFAULT_COLLECTION, indexed_text
+from core.payload import DEFAULT_COLLECTION, ChunkPayload, read_payload
 from core.protocol import (
     EMPTY_COLLECTION,
     NOT_FOUND_ANSWER,
@@ -65,21 +65,13 @@ class Prepared(Struct):
 
 
 def to_sources(hits: list[Hit]) -> list[Source]:
-    return [
-        Source(
-            n=i,
-            file=str(h.payload.get("file", "")),
-            page=int(h.payload.get("page", 0)),
-            page_end=int(h.payload.get("page_end", h.payload.get("page", 0))),
-            score=round(h.score, 4),
-            snippet=str(h.payload.get("text", "")),
-            document_id=str(h.payload.get("document_id", "")),
-            chunk_id=h.id,
-            title=h.payload.get("title") or None,
-            section=h.payload.get("section") or None,
-        )
-        for i, h in enumerate(hits, start=1)
-    ]
+    return [_source(i, h, read_payload(h.payload)) for i, h in enumerate(hits, start=1)]
+
+
+def _source(n: int, hit: Hit, chunk: ChunkPayload) -> Source:
+    return Source(n=n, file=chunk.file, page=chunk.page, page_end=chunk.page_end, score=round(hit.score, 4),
+                  snippet=chunk.text, document_id=chunk.document_id, chunk_id=hit.id, title=chunk.title or None,
+                  section=chunk.section or None)
 
 
 class QueryPipeline:
@@ -107,9 +99,9 @@ class QueryPipeline:
         self._reranker = reranker
         self._fusion = fusion_of(settings)
         self._heading_match = HeadingMatch(self._bm25)
-        self._registry = Registry(events.redis, events.keys)
+        self._registry = DocumentRegistry(events.redis, events.keys)
         self._passages = PassageSelector(embedder, self._bm25, budget_tokens=settings.llm.context_tokens,
-                                         min_score=settings.llm.min_score)
+                                         min_score=settings.llm.min_score, cache_size=settings.llm.sentence_cache)
 
     async def prepare(self, deliveries: list[Delivery]) -> list[Prepared]:
         """Embed every question in one call, search once for all, and send each job its sources."""
@@ -230,8 +222,7 @@ class QueryPipeline:
         n = self._settings.reranker.candidates
         scores = await self._reranker.rerank_batch(
             [queries[i].question for i in picked],
-            [[indexed_text(str(h.payload.get("context") or ""), str(h.payload.get("text", "")))
-              for h in results[i][:n]] for i in picked])
+            [[read_payload(h.payload).indexed_text() for h in results[i][:n]] for i in picked])
         out = list(results)
         for i, row in zip(picked, scores):
             if isinstance(row, RagError):  # that question keeps the fused order

@@ -22,12 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     settings = load_or_exit()
-    configure_logging(settings.log_level, settings.log_format)
-    # Imported once the settings are good: a bad one stops the process in 0.3 s, not after the models'
-    # libraries load (1.4 s, over 3 s on 2 busy cores), so that supervisord sees it fail within its
-    # startsecs (3 s) and gives up on it rather than restarting it forever.
+    # After the settings: a bad one stops the process before the models' libraries load (1.5 s and more), which
+    # keeps a misconfigured worker's exit within the run command's 3 s start window (it gives up on it then).
     from workers.worker import Worker
 
+    configure_logging(settings.log_level, settings.log_format)
     try:
         run(Worker(settings, concurrency=args.concurrency, burst=args.burst).run())
     except StoreLocked as exc:

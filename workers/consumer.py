@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import msgspec
 import structlog
 from msgspec import Struct
 from redis.exceptions import ResponseError
 
 from core.autopipeline import TickBatch, autopipeline
 from core.keys import GROUP, Keys
-from core.protocol import Job, decode_job, encode_job, now_ms
+from core.protocol import DeadLetter, Job, MalformedJob, encode_job, now_ms, read_job
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -71,7 +70,7 @@ class Consumer:
 
     async def _xreadgroup(self, streams: dict[str, str], *, count: int, block: int | None) -> list:  # type: ignore[type-arg]
         try:
-            return await self._redis.xreadgroup(GROUP, self.name, streams, count=count, block=block) or []  # type: ignore[arg-type]
+            return await self._redis.xreadgroup(GROUP, self.name, streams, count=count, block=block) or []
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 await self.ensure_groups()
@@ -79,12 +78,9 @@ class Consumer:
             raise
 
     def _delivery(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1) -> Delivery:
-        raw = fields.get(b"job")
-        if raw is None:
-            return Delivery(stream, entry_id, None, malformed="message has no 'job' field", deliveries=deliveries)
         try:
-            return Delivery(stream, entry_id, decode_job(raw), deliveries=deliveries)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Delivery(stream, entry_id, read_job(fields), deliveries=deliveries)
+        except MalformedJob as exc:
             return Delivery(stream, entry_id, None, malformed=str(exc), deliveries=deliveries)
 
     async def claim_stale(self, stream: str, *, min_idle_ms: int, count: int) -> list[Delivery]:
@@ -144,20 +140,12 @@ class Consumer:
 
     async def dead_letter(self, delivery: Delivery, code: str, message: str) -> None:
         """Move a message to the dead-letter stream with its last error, then acknowledge it."""
-        fields: dict[str, str | bytes | int] = {
-            "stream": delivery.stream,
-            "entry_id": delivery.entry_id,
-            "code": code,
-            "error": message,
-            "deliveries": delivery.deliveries,
-            "consumer": self.name,
-            "dead_ms": now_ms(),
-        }
-        if delivery.job is not None:
-            fields["job"] = encode_job(delivery.job)
-            fields["job_id"] = delivery.job.id
+        job = delivery.job
+        letter = DeadLetter(stream=delivery.stream, entry_id=delivery.entry_id.decode(), code=code, error=message,
+                            deliveries=delivery.deliveries, consumer=self.name, dead_ms=now_ms(),
+                            job=encode_job(job) if job else None, job_id=job.id if job else None)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._keys.dead, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(self._keys.dead, letter.fields(), maxlen=100_000, approximate=True)
             pipe.xack(delivery.stream, GROUP, delivery.entry_id)
             pipe.xdel(delivery.stream, delivery.entry_id)
             await pipe.execute()

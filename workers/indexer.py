@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from core.documents import Registry
+from core.documents import DocumentRegistry, Indexed
 from core.payload import DEFAULT_COLLECTION, NAV_KIND, ChunkPayload, indexed_text, payload_dict, staging
 from core.protocol import DeleteDocument, DocumentEvent, Done, IngestBatch
 from workers.sparse import Bm25Encoder
@@ -33,7 +33,7 @@ log = structlog.get_logger("workers.indexer")
 class Indexer:
     def __init__(
         self, *, embedder: Embedder, store: VectorStore, events: EventWriter, consumer: Consumer, metrics: Metrics,
-        registry: Registry | None = None, bm25: Bm25Encoder | None = None,
+        registry: DocumentRegistry | None = None, bm25: Bm25Encoder | None = None,
     ) -> None:
         self._embedder = embedder
         self._bm25 = bm25 or Bm25Encoder()
@@ -41,7 +41,7 @@ class Indexer:
         self._events = events
         self._consumer = consumer
         self._metrics = metrics
-        self._registry = registry or Registry(events.redis, events.keys)
+        self._registry = registry or DocumentRegistry(events.redis, events.keys)
 
     async def index(self, delivery: Delivery) -> None:
         """Handle one message of the ingest stream: a chunk batch or a document deletion."""
@@ -83,11 +83,11 @@ class Indexer:
         if batch.seq is not None:
             state = await self._registry.batch_indexed(collection, doc.id, batch.seq, batch.batches,
                                                        batch.chunks_total)
-            if state == 1 or (state == 2 and batch.staged):
-                # 2: a redelivery of a batch of a published document has just staged its points
+            if state is Indexed.COMPLETE or (state is Indexed.PUBLISHED and batch.staged):
+                # A redelivery of a batch of a published document has just staged its points
                 # again; publishing is idempotent and makes them visible once more.
-                await self._publish(job, collection, doc.id, again=state == 2)
-            elif state == -1 and batch.staged:
+                await self._publish(job, collection, doc.id, again=state is Indexed.PUBLISHED)
+            elif state is Indexed.DELETED and batch.staged:
                 # Deleted while its batches were still on the way: these would never be published.
                 await self._store.delete_document(doc.id, collection)
         # Progress before the ack: a crash in between re-indexes the batch (idempotent

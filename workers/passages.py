@@ -1,7 +1,8 @@
 """The context an answer is built from: the sentences of the retrieved chunks most related to the question.
 
 Every sentence of a question's sources is scored by the embedder (cosine to the question, all
-the micro-batch's sentences in one call) and by BM25 terms (the share of the question's terms
+the micro-batch's sentences in one call; the vectors of the most recently used sentences are kept,
+so that a sentence met again costs nothing) and by BM25 terms (the share of the question's terms
 it holds, each weighted by its IDF among those sentences); the best go into the prompt, in their
 document order, within a token budget, each source's sentences under its ``[n]`` with file and
 page. The same scores say when nothing retrieved answers the question (``Context.found``), and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -94,12 +96,13 @@ def tokens(text: str) -> int:
 
 class PassageSelector:
     def __init__(self, embedder: Embedder, bm25: Bm25Encoder, *, budget_tokens: int, min_score: float,
-                 max_sentence_tokens: int = 90) -> None:
+                 max_sentence_tokens: int = 90, cache_size: int = 0) -> None:
         self._embedder = embedder
         self._bm25 = bm25
         self._budget = budget_tokens
         self._min_score = min_score
         self._max_sentence = max_sentence_tokens
+        self._cache = _Lru(cache_size)
 
     async def select(self, questions: list[str], vectors: list[np.ndarray | None],
                      sources: list[list[Source]]) -> list[Context]:
@@ -117,13 +120,26 @@ class PassageSelector:
         row_of: dict[str, int] = {}
         for text in [questions[i] for i in missing] + [t for pool in pools for _, _, t in pool]:
             row_of.setdefault(text, len(row_of))
-        rows = await self._embedder.embed(list(row_of), urgent=True) if row_of else np.empty((0, 0), np.float32)
+        rows = await self._vectors(list(row_of))
         out = []
         for i, pool in enumerate(pools):
             dense = rows[[row_of[t] for _, _, t in pool]] if pool else rows[:0]
             q = vectors[i] if vectors[i] is not None else (rows[row_of[questions[i]]] if pool else None)
             out.append(self._choose(questions[i], q, pool, dense))
         return out
+
+    async def _vectors(self, texts: list[str]) -> np.ndarray:
+        """One row per text: kept ones from the cache, the rest embedded in one call (then kept)."""
+        if not texts:
+            return np.empty((0, 0), np.float32)
+        kept = {t: v for t in texts if (v := self._cache.get(t)) is not None}
+        new = [t for t in texts if t not in kept]
+        if new:
+            fresh = await self._embedder.embed(new, urgent=True)
+            for text, row in zip(new, fresh):
+                kept[text] = row
+                self._cache.put(text, row.copy())  # a view would keep its whole batch alive
+        return np.stack([kept[t] for t in texts])
 
     def _choose(self, question: str, q: np.ndarray | None, pool: list[tuple[Source, int, str]],
                 dense: np.ndarray) -> Context:
@@ -172,3 +188,25 @@ def _clip(text: str, max_tokens: int) -> str:
     words = text.split()
     limit = int(max_tokens / TOKENS_PER_WORD)
     return text if len(words) <= limit else " ".join(words[:limit]) + " …"
+
+
+class _Lru:
+    """The last ``size`` texts' vectors (an OrderedDict is the whole of an LRU; no dependency for it)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, text: str) -> np.ndarray | None:
+        row = self._rows.get(text)
+        if row is not None:
+            self._rows.move_to_end(text)
+        return row
+
+    def put(self, text: str, row: np.ndarray) -> None:
+        if self._size == 0:
+            return
+        self._rows[text] = row
+        self._rows.move_to_end(text)
+        while len(self._rows) > self._size:
+            self._rows.popitem(last=False)

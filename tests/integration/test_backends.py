@@ -77,8 +77,8 @@ async def test_openai_embedder_against_compatible_server(fake_llm: str) -> None:
 
 async def test_worker_on_qdrant_server_and_openai_backends(redis_url: str, prefix: str, tmp_path: Path,
                                                            fake_llm: str) -> None:
-    from core.events import EventWriter
     from core.keys import Keys
+    from core.queue import JobQueue
     from core.redis import connect
     from ingest.producer import Producer
     from tests.pdfs import write_pdf
@@ -93,7 +93,7 @@ async def test_worker_on_qdrant_server_and_openai_backends(redis_url: str, prefi
         assert results[0].status == "sent"
         keys = Keys(prefix)
         job = new_job(Query(question="bitter oranges harvested in January for marmalade"))
-        await EventWriter(redis, keys, settings.limits).submit(job, keys.queries, {"question": "x"})
+        await JobQueue(redis, keys, settings.limits).submit(job, keys.queries, {"question": "x"})
         reply = None
         for _ in range(100):
             reply = await redis.xrevrange(keys.events(job.id), count=1)

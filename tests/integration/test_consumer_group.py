@@ -118,14 +118,14 @@ async def test_long_dead_consumers_are_pruned(redis: Redis, prefix: str) -> None
 
 
 async def test_consumer_names_are_stable_and_unique(redis: Redis, prefix: str) -> None:
-    from workers.registry import Registry
+    from workers.leases import NameLeases
 
     keys = Keys(prefix)
-    first, second = Registry(redis, keys, host="h"), Registry(redis, keys, host="h")
+    first, second = NameLeases(redis, keys, host="h"), NameLeases(redis, keys, host="h")
     assert await first.claim_names(2) == ["h-0", "h-1"]
     assert await second.claim_names(1) == ["h-2"]  # a second live process never shares a name
     await first.release()
-    again = Registry(redis, keys, host="h")
+    again = NameLeases(redis, keys, host="h")
     assert await again.claim_names(2) == ["h-0", "h-1"]  # a restart takes its names back
     from core.heartbeats import alive_workers
 
@@ -133,12 +133,12 @@ async def test_consumer_names_are_stable_and_unique(redis: Redis, prefix: str) -
 
 
 async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -> None:
-    from workers.registry import Registry
+    from workers.leases import NameLeases
 
     keys = Keys(prefix)
-    registry = Registry(redis, keys, host="h")
+    registry = NameLeases(redis, keys, host="h")
     (name,) = await registry.claim_names(1)
-    lease = f"{keys.workers}:lease:{name}"
+    lease = keys.lease(name)
     await redis.pexpire(lease, 50)
     await registry.beat()
     assert await redis.pttl(lease) > 1000  # renewed
@@ -150,17 +150,17 @@ async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -
 async def test_a_lease_that_expired_while_redis_was_away_is_taken_back(redis: Redis, prefix: str) -> None:
     """After an outage longer than a lease, the live worker's next beat holds its name again: a worker
     starting on the same host then gets another name, and leaves the live one's jobs alone."""
-    from workers.registry import Registry
+    from workers.leases import NameLeases
 
     keys = Keys(prefix)
-    registry = Registry(redis, keys, host="h")
-    (name,) = await registry.claim_names(1)
-    lease = f"{keys.workers}:lease:{name}"
+    leases = NameLeases(redis, keys, host="h")
+    (name,) = await leases.claim_names(1)
+    lease = keys.lease(name)
     held = await redis.get(lease)
     await redis.delete(lease)  # expired while Redis was away
-    await registry.beat()
+    await leases.beat()
     assert await redis.get(lease) == held and await redis.pttl(lease) > 1000
-    assert await Registry(redis, keys, host="h").claim_names(1) == ["h-1"]
+    assert await NameLeases(redis, keys, host="h").claim_names(1) == ["h-1"]
 
 
 async def test_release_with_redis_gone_does_not_raise(redis: Redis, prefix: str) -> None:
@@ -168,10 +168,10 @@ async def test_release_with_redis_gone_does_not_raise(redis: Redis, prefix: str)
     from redis.asyncio import Redis as AsyncRedis
 
     from tests.servers import free_port
-    from workers.registry import Registry
+    from workers.leases import NameLeases
 
     keys = Keys(prefix)
-    registry = Registry(redis, keys, host="gone")
+    registry = NameLeases(redis, keys, host="gone")
     await registry.claim_names(1)
     registry._redis = AsyncRedis(port=free_port(), socket_connect_timeout=1)  # nothing listens there
     try:

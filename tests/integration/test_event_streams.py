@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
+import pytest
 from redis.asyncio import Redis
 
+from core import hub as hub_module
 from core.events import EventWriter
+from core.hub import HubClosed, own_hub
 from core.keys import Keys
 from core.protocol import Done, Token, decode_event
+from core.queue import JobQueue
 from core.settings import LimitSettings
 
 
@@ -27,7 +32,7 @@ async def test_every_event_is_trimmed_and_expires(redis: Redis, prefix: str) -> 
 async def test_ingest_finishes_exactly_once(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     writer = EventWriter(redis, keys, LimitSettings())
-    await writer.create_record("ing", {"kind": "ingest"})
+    await JobQueue(redis, keys, LimitSettings()).create_record("ing", {"kind": "ingest"})
     # 20 batches of 5 chunks indexed concurrently while the producer seals at 100.
     results = await asyncio.gather(
         *(writer.ingest_progress("ing", 5, "a.pdf") for _ in range(10)),
@@ -54,7 +59,7 @@ async def test_submit_refuses_a_job_past_the_backlog_and_leaves_no_record(redis:
     from core.protocol import Query, new_job
 
     keys = Keys(prefix)
-    events = EventWriter(redis, keys, LimitSettings())
+    events = JobQueue(redis, keys, LimitSettings())
     jobs = [new_job(Query(question=f"q{i}")) for i in range(5)]
     # Submitted together (one round trip): the check and the XADD are one step, so no overshoot.
     results = await asyncio.gather(*(events.submit(job, keys.queries, {"question": "q"}, max_backlog=3)
@@ -69,7 +74,8 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
 
     keys = Keys(prefix)
     writer = EventWriter(redis, keys, LimitSettings())
-    await writer.create_record("j", {"kind": "query"})
+    queue = JobQueue(redis, keys, LimitSettings())
+    await queue.create_record("j", {"kind": "query"})
     events = writer.job("j")
     # Emitted without waiting for each reply: written in order all the same.
     for i in range(50):
@@ -79,7 +85,7 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
     assert [decode_event(f[b"data"]) for _, f in entries] == [Token(text=f"t{i}") for i in range(50)]
 
     # Cancelled with writes in flight: one `cancelled` event, nothing after it, and the writer is told.
-    assert await writer.cancel("j") == 1
+    assert await queue.cancel("j") == 1
     raised = False
     try:
         await events.emit(Token(text="late"))
@@ -90,3 +96,26 @@ async def test_job_events_keep_order_and_stop_at_a_cancel(redis: Redis, prefix: 
     assert raised
     kinds = [f[b"type"] for _, f in await redis.xrange(keys.events("j"))]
     assert kinds[50:] == [b"cancelled"]
+
+
+async def test_a_follower_that_falls_behind_picks_up_where_it_was(redis: Redis, prefix: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "MAX_QUEUED", 5)  # the hub drops a subscriber 5 events behind
+    keys = Keys(prefix)
+    writer = EventWriter(redis, keys, LimitSettings())
+    for i in range(20):
+        await writer.emit("j", Token(text=f"t{i}"))
+    await writer.emit("j", Done(answer="a"))
+    async with own_hub(redis) as hub, aclosing(hub.follow(keys.events("j"))) as entries:
+        got = [entry.event() async for entry in entries]
+    assert got == [Token(text=f"t{i}") for i in range(20)] + [Done(answer="a")]
+
+
+async def test_a_follower_is_told_when_its_hub_stops(redis: Redis, prefix: str) -> None:
+    async with own_hub(redis) as hub:
+        entries = hub.follow(Keys(prefix).events("silent"))
+        waiting = asyncio.ensure_future(anext(entries))
+        await asyncio.sleep(0.05)
+        await hub.stop()
+        with pytest.raises(HubClosed):
+            await waiting

@@ -109,7 +109,7 @@ async def test_an_upload_left_half_way_by_a_killed_api_fails_clearly_and_is_retr
 
     from redis.asyncio import Redis
 
-    from core.documents import DocumentRecord, Registry
+    from core.documents import DocumentRecord, DocumentRegistry
     from core.holders import identity
     from core.keys import Keys
     from core.protocol import UPLOAD_INTERRUPTED
@@ -128,7 +128,7 @@ async def test_an_upload_left_half_way_by_a_killed_api_fails_clearly_and_is_retr
     await producer.open_job("deadjob", 1)
     await producer.open_job("livejob", 1)
     doc = await asyncio.to_thread(document_id, pdf)
-    await Registry(redis, keys).start(DocumentRecord(id=doc, collection="default", file="facts.pdf",
+    await DocumentRegistry(redis, keys).start(DocumentRecord(id=doc, collection="default", file="facts.pdf",
                                                      source="upload:facts.pdf", job_id="deadjob"))
     await redis.hset(keys.uploads, mapping={"deadjob": f"default|{holder}", "livejob": f"default|{live_holder}"})
     async with service(settings) as client:  # the API (re)starts

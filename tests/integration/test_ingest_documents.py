@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, new_job
+from core.queue import JobQueue
 from core.redis import connect
+from ingest.documents import Documents
 from ingest.producer import FileResult, Producer, RunState
 from tests import ingest_pdfs as make
 from tests.conftest import make_settings
@@ -47,7 +48,7 @@ async def search(settings, question: str, collection: str | None = None) -> list
     keys = Keys(settings.redis.prefix)
     job = new_job(Query(question=question, top_k=10, collection=collection))
     try:
-        await EventWriter(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
+        await JobQueue(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
         for _ in range(400):
             entries = await redis.xrange(keys.events(job.id))
             for _, fields in entries:
@@ -62,7 +63,7 @@ async def search(settings, question: str, collection: str | None = None) -> list
 async def documents(settings, collection: str | None = None):  # type: ignore[no-untyped-def]
     redis = connect(settings.redis)
     try:
-        return await Producer(redis, settings).registry.documents(collection)
+        return await Documents(redis, settings).all(collection)
     finally:
         await redis.aclose()
 
@@ -101,10 +102,10 @@ async def test_reingest_replace_force_and_delete(settings, tmp_path: Path) -> No
 
         redis = connect(settings.redis)
         try:
-            producer = Producer(redis, settings)
-            assert await producer.resolve(str(pdf)) == second.document_id
-            assert await producer.delete(second.document_id) == second.chunks
-            assert await producer.delete(second.document_id) is None
+            service = Documents(redis, settings)
+            assert await service.resolve(str(pdf)) == second.document_id
+            assert await service.delete(second.document_id) == second.chunks
+            assert await service.delete(second.document_id) is None
         finally:
             await redis.aclose()
         assert await documents(settings) == []
@@ -122,7 +123,7 @@ async def test_collections_isolate_documents(settings, tmp_path: Path) -> None: 
         assert await search(settings, "Zephyr turbine") == []  # the default collection is empty
         redis = connect(settings.redis)
         try:
-            assert await Producer(redis, settings, collection="a").delete(a.document_id) == a.chunks
+            assert await Documents(redis, settings).delete(a.document_id, "a") == a.chunks
         finally:
             await redis.aclose()
         assert [d.collection for d in await documents(settings)] == ["b"]
@@ -176,7 +177,7 @@ async def test_cancelling_the_ingest_job_stops_it(settings, tmp_path: Path) -> N
     pdf = make.many_pages(tmp_path / "long.pdf", 10)
     redis = connect(settings.redis)
     keys = Keys(settings.redis.prefix)
-    events = EventWriter(redis, keys, settings.limits)
+    events = JobQueue(redis, keys, settings.limits)
     cancelled = False
 
     def on_update(state: RunState, _: FileResult | None) -> None:
@@ -192,7 +193,7 @@ async def test_cancelling_the_ingest_job_stops_it(settings, tmp_path: Path) -> N
             assert [(r.status, r.code) for r in results] == [("failed", "cancelled"), ("failed", "cancelled")]
             last = await redis.xrevrange(keys.events("cancelme"), count=1)
             assert last[0][1][b"type"] == b"cancelled"
-            [doc] = await Producer(redis, settings).registry.documents()
+            [doc] = await Documents(redis, settings).all()
             assert (doc.status, doc.error_code) == ("failed", "cancelled")
             for _ in range(100):  # the workers drop what was sent of it
                 if not await search(settings, "tidal turbine energy"):

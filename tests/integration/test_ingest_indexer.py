@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.documents import DocumentRecord, Registry
+from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import ChunkIn, Document, IngestBatch, chunk_id, new_job
@@ -33,7 +33,7 @@ class FakeEmbedder:
 
 
 class Rig:
-    def __init__(self, indexer: Indexer, registry: Registry, store: EdgeStore, keys: Keys) -> None:
+    def __init__(self, indexer: Indexer, registry: DocumentRegistry, store: EdgeStore, keys: Keys) -> None:
         self.indexer, self.registry, self.store, self.keys = indexer, registry, store, keys
 
     async def send(self, doc: str, seq: int, chunks: range, *, last: bool = False, staged: bool = True) -> None:
@@ -53,7 +53,7 @@ async def rig(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Rig]
     keys = Keys(prefix)
     store = EdgeStore(tmp_path / "shard", DIM)
     events = EventWriter(redis, keys, LimitSettings())
-    registry = Registry(redis, keys)
+    registry = DocumentRegistry(redis, keys)
     indexer = Indexer(embedder=FakeEmbedder(), store=store, events=events, consumer=Consumer(redis, keys, "c1"),
                       metrics=Metrics(redis, keys.metrics))
     try:

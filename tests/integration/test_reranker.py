@@ -14,9 +14,9 @@ import pytest
 from redis.asyncio import Redis
 
 from core.errors import Unavailable
-from core.events import EventWriter
 from core.keys import Keys
 from core.protocol import Query, new_job
+from core.queue import JobQueue
 from core.redis import connect
 from core.settings import RerankerSettings, Settings
 from ingest.producer import Producer
@@ -220,7 +220,7 @@ async def ask_batch(settings: Settings, queries: list[Query]) -> list[Answered]:
     redis = connect(settings.redis)
     keys = Keys(settings.redis.prefix)
     try:
-        writer = EventWriter(redis, keys, settings.limits)
+        writer = JobQueue(redis, keys, settings.limits)
         jobs = [new_job(q) for q in queries]
         for job, query in zip(jobs, queries):
             await writer.submit(job, keys.queries, {"question": query.question})

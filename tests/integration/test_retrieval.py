@@ -9,10 +9,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from core.documents import DocumentRecord, Registry
-from core.events import EventWriter
+from core.documents import DocumentRecord, DocumentRegistry
 from core.keys import Keys
 from core.protocol import Query, Retrieval, Sources, decode_event, new_job
+from core.queue import JobQueue
 from core.redis import connect
 from ingest.producer import Producer
 from tests import ingest_pdfs as make
@@ -31,7 +31,7 @@ async def sources(settings, question: str, *, collection: str = "manual",  # typ
     keys = Keys(settings.redis.prefix)
     try:
         job = new_job(Query(question=question, top_k=5, collection=collection, retrieval=retrieval))
-        await EventWriter(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
+        await JobQueue(redis, keys, settings.limits).submit(job, keys.queries, {"question": question})
         for _ in range(400):
             for _, fields in await redis.xrange(keys.events(job.id)):
                 if fields[b"type"] == b"sources":
@@ -98,7 +98,7 @@ async def test_a_question_of_stopwords_only_still_gets_sources(settings, tmp_pat
 
 async def test_a_collection_still_indexing_says_so_in_sources(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     redis = connect(settings.redis)
-    registry = Registry(redis, Keys(settings.redis.prefix))
+    registry = DocumentRegistry(redis, Keys(settings.redis.prefix))
     async with running_worker(settings):
         await ingest(settings, make.manual(tmp_path / "manual.pdf"))
         # A second document whose chunks are still on their way (as the producer opens it).

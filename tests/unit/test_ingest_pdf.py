@@ -10,8 +10,9 @@ from core.settings import IngestSettings
 from ingest import pdf
 from ingest.chunker import Chunk, TokenCounter
 from ingest.errors import BrokenPdf, EmptyPdf, EncryptedPdf, IngestError, NotAPdf, TooLarge
+from ingest.layout import Block, Page, drop_repeats, reading_order
 from ingest.parse import ParseStats, parse
-from ingest.pdf import Block, Page, PdfReader, drop_repeats, reading_order, tessdata
+from ingest.pdf import PdfReader, tessdata
 from tests import ingest_pdfs as make
 
 

@@ -107,3 +107,23 @@ async def test_a_sentence_two_questions_share_is_embedded_once(selector):
     assert len(calls[0]) == len(set(calls[0])) == 2 + 3
     assert out[0].sentences[0].text.startswith("Marmalade is made in Dundee")
     assert out[1].sentences[0].text == "The factory employs 40 people."
+
+
+async def test_sentences_met_again_are_not_embedded_again(selector):
+    calls = []
+    real = selector._embedder
+
+    class Counting:
+        async def embed(self, texts, *, urgent=False):
+            calls.append(list(texts))
+            return await real.embed(texts, urgent=urgent)
+
+    cached = PassageSelector(Counting(), Bm25Encoder(), budget_tokens=300, min_score=0.3,  # type: ignore[arg-type]
+                             cache_size=4)
+    first = await cached.select(["Where is marmalade made?"], [None], [[JAM]])
+    again = await cached.select(["Where is marmalade made?"], [None], [[JAM]])
+    assert calls == [["Where is marmalade made?", *sentences(JAM.snippet)]]  # the second select embedded nothing
+    assert again == first
+    await cached.select(["What does the turbine do?"], [None], [[TURBINE]])  # 4 new texts: JAM's are pushed out
+    await cached.select(["Where is marmalade made?"], [None], [[JAM]])
+    assert len(calls) == 3 and len(calls[2]) == 4

@@ -4,13 +4,18 @@ import msgspec
 import pytest
 
 from core.keys import Keys, valid_job_id
+from core.lua import script
 from core.protocol import (
+    TERMINAL,
     Cancelled,
     ChunkIn,
+    DeadLetter,
     Document,
     Done,
     Error,
+    EventKind,
     IngestBatch,
+    MalformedJob,
     Progress,
     Query,
     Restart,
@@ -24,8 +29,12 @@ from core.protocol import (
     decode_job,
     encode_event,
     encode_job,
+    job_fields,
     new_job,
+    read_event,
+    read_job,
 )
+from core.queue import CancelResult
 
 SOURCE = Source(n=1, file="a.pdf", page=2, page_end=3, score=0.91, snippet="text", document_id="doc", chunk_id="c1")
 
@@ -117,3 +126,36 @@ def test_keys_names():
 )
 def test_valid_job_id(job_id, ok):
     assert valid_job_id(job_id) is ok
+
+
+def test_a_job_entry_reads_back_or_says_what_is_wrong():
+    job = new_job(Query(question="q"))
+    assert read_job({k.encode(): v for k, v in job_fields(job).items()}) == job
+    with pytest.raises(MalformedJob, match="no 'job' field"):
+        read_job({b"other": b"x"})
+    with pytest.raises(MalformedJob):
+        read_job({b"job": b"\xc1garbage"})
+
+
+def test_an_event_entry_reads_back_with_its_kind():
+    fields = {k.encode(): v for k, v in encode_event(Error(code="x", message="y")).items()}
+    entry = read_event(b"1-2", fields)
+    assert (entry.id, entry.kind, entry.terminal) == ("1-2", EventKind.ERROR, True)
+    assert entry.event() == Error(code="x", message="y")
+    assert not read_event("1-3", {k.encode(): v for k, v in encode_event(Token(text="t")).items()}).terminal
+
+
+def test_a_dead_letter_reads_back_and_tolerates_what_it_cannot_read():
+    letter = DeadLetter(stream="s", entry_id="1-0", code="c", error="e", deliveries=3, consumer="h-0", dead_ms=5,
+                        job=b"raw", job_id="j")
+    assert DeadLetter.read({k.encode(): v if isinstance(v, bytes) else str(v).encode()
+                            for k, v in letter.fields().items()}) == letter
+    assert DeadLetter.read({b"code": b"c", b"deliveries": b"lots"}) == DeadLetter(
+        stream="", entry_id="", code="c", error="", deliveries=0, consumer="", dead_ms=0)
+
+
+def test_lua_scripts_get_the_protocols_names():
+    assert script("return $S, $N, $T", S="it's", N=CancelResult.NOT_STARTED, T=TERMINAL) == (
+        "return 'it\\'s', 2, {['cancelled']=true, ['done']=true, ['error']=true}")
+    with pytest.raises(KeyError):
+        script("return $MISSING")

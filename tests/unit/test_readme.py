@@ -30,6 +30,17 @@ def test_the_two_commands_exist() -> None:
     assert "scripts/test" in (root / ".ci" / "run").read_text()
 
 
+def test_the_package_table_names_every_module_and_only_modules_that_exist() -> None:
+    root = Path(__file__).parents[2]
+    rows = re.findall(r"^\| `(core|app|workers|ingest)/` \| (.+) \|$", README, flags=re.MULTILINE)
+    assert [package for package, _ in rows] == ["core", "app", "workers", "ingest"]
+    for package, cell in rows:
+        named = set(re.findall(r"`([a-z_]+\.py)`", cell))
+        modules = {p.name for p in (root / package).rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+        assert named == modules, f"{package}/: the README names {sorted(named - modules)} that do not exist and " \
+                                 f"leaves out {sorted(modules - named)}"
+
+
 def test_every_test_tests_readme_names_exists() -> None:
     """tests/README.md maps the README's promises to tests: a renamed or deleted test must not leave it stale."""
     tests = Path(__file__).parents[1]

@@ -45,7 +45,7 @@ def test_env_values_are_mapped_and_converted():
 
 
 def test_empty_string_makes_optional_none_and_keeps_required_default():
-    s = load(RAG_LLM_BASE_URL="", RAG_QDRANT_API_KEY="", RAG_LLM_MODEL="")
+    s = load(RAG_LLM_BASE_URL="", RAG_QDRANT_API_KEY="", RAG_LLM_MODEL="", RAG_LLM_BACKEND="extractive")
     assert s.llm.base_url is None
     assert s.qdrant.api_key is None
     assert s.llm.model == "smollm2"
@@ -65,6 +65,41 @@ def test_bad_value_names_the_variable(var, value):
     with pytest.raises(SettingsError) as err:
         load(**{var: value})
     assert str(err.value).startswith(f"{var}:")
+
+
+@pytest.mark.parametrize(
+    "env, var",
+    [
+        ({"RAG_EMBEDDER_BACKEND": "openai"}, "RAG_EMBEDDER_BASE_URL"),
+        ({"RAG_LLM_BASE_URL": ""}, "RAG_LLM_BASE_URL"),  # the openai backend, the default
+        ({"RAG_RERANKER_BACKEND": "tei"}, "RAG_RERANKER_BASE_URL"),
+        ({"RAG_EMBEDDER_BASE_URL": "localhost:8080/v1"}, "RAG_EMBEDDER_BASE_URL"),
+        ({"RAG_REDIS_URL": "foo://cache:6379"}, "RAG_REDIS_URL"),
+        ({"RAG_REDIS_URL": "redis://cache:99999/0"}, "RAG_REDIS_URL"),
+        ({"RAG_REDIS_URL": "redis:///0"}, "RAG_REDIS_URL"),
+        ({"RAG_REDIS_PREFIX": "a{b}"}, "RAG_REDIS_PREFIX"),
+        ({"RAG_QDRANT_URL": "qdrant:6333"}, "RAG_QDRANT_URL"),
+        ({"RAG_QDRANT_COLLECTION": "a/b"}, "RAG_QDRANT_COLLECTION"),
+        ({"RAG_INGEST_OVERLAP_WORDS": "120"}, "RAG_INGEST_OVERLAP_WORDS"),
+        ({"RAG_INGEST_OVERLAP_TOKENS": "200"}, "RAG_INGEST_OVERLAP_TOKENS"),
+        ({"RAG_LIMITS_TOP_K_DEFAULT": "30"}, "RAG_LIMITS_TOP_K_DEFAULT"),
+        ({"RAG_RETRIEVAL_DENSE_WEIGHT": "0", "RAG_RETRIEVAL_SPARSE_WEIGHT": "0", "RAG_RETRIEVAL_HEADING_WEIGHT": "0"},
+         "RAG_RETRIEVAL_DENSE_WEIGHT"),
+        ({"RAG_INGEST_OCR_LANGUAGE": "eng deu"}, "RAG_INGEST_OCR_LANGUAGE"),
+        ({"RAG_API_HOST": " "}, "RAG_API_HOST"),
+    ],
+)
+def test_settings_that_cannot_work_together_name_the_variable(env, var):
+    with pytest.raises(SettingsError) as err:
+        load(**env)
+    assert str(err.value).startswith(f"{var}:")
+
+
+def test_settings_that_work_together_load():
+    s = load(RAG_EMBEDDER_BACKEND="openai", RAG_EMBEDDER_BASE_URL="http://127.0.0.1:9/v1",
+             RAG_REDIS_URL="unix:///run/redis.sock", RAG_RETRIEVAL_MODE="dense", RAG_RETRIEVAL_DENSE_WEIGHT="0",
+             RAG_RETRIEVAL_SPARSE_WEIGHT="0", RAG_RETRIEVAL_HEADING_WEIGHT="0", RAG_INGEST_OCR_LANGUAGE="eng+chi_sim")
+    assert s.embedder.base_url == "http://127.0.0.1:9/v1" and s.redis.url.startswith("unix://")
 
 
 def test_unknown_rag_variable_is_rejected():

@@ -10,8 +10,9 @@ import pytest
 from core.settings import IngestSettings
 from core.text import normalize
 from ingest.chunker import Chunk, TokenCounter
+from ingest.layout import Block
 from ingest.parse import ParseStats, parse
-from ingest.pdf import Block, PdfReader
+from ingest.pdf import PdfReader
 from ingest.structure import header, nav_page, nav_title
 from tests import ingest_pdfs as make
 from workers.embedder import MAX_TOKENS

@@ -24,8 +24,9 @@ from typing import Any
 import structlog
 
 from core.errors import StoreLocked
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
+from core.payload import COLLECTION, DENSE, HEADING, SPARSE, staging
 from workers.sparse import Bm25Encoder
+from workers.store import filters
 from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
@@ -59,19 +60,6 @@ def shard_config(dim: int) -> Any:
         sparse_vectors={name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for name in (SPARSE, HEADING)},
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
     )
-
-
-def payload_indexes() -> list[tuple[str, Any]]:
-    """Every payload field that queries, publishing and deleting filter on."""
-    qe = _qe()
-    return [
-        # A tenant index: the shard keeps each collection's points together, with HNSW links per collection.
-        (COLLECTION, qe.KeywordIndexParams(is_tenant=True)),
-        # Publishing and deleting filter on these, searches do not: no HNSW links of their own (they cost the
-        # optimizer a graph per value).
-        (DOCUMENT_ID, qe.KeywordIndexParams(enable_hnsw=False)),
-        (INDEX, qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)),
-    ]
 
 
 def read_current(root: Path) -> str | None:
@@ -157,7 +145,7 @@ def write_schema(path: Path) -> None:
 def ensure_indexes(shard: Any) -> None:
     present = set(shard.info().payload_schema)
     qe = _qe()
-    for field, schema in payload_indexes():
+    for field, schema in filters.payload_indexes(qe.KeywordIndexParams, qe.IntegerIndexParams):
         if field not in present:
             shard.update(qe.UpdateOperation.create_field_index(field, schema))
 
@@ -222,7 +210,8 @@ class EdgeStore:
     are also recorded while an optimized copy is being built, to be replayed onto it."""
 
     def __init__(self, root: Path, dim: int, *, bm25: Bm25Encoder | None = None) -> None:
-        self._qe = _qe()
+        self._qe = qe = _qe()
+        self._models = filters.Models(qe.Filter, qe.FieldCondition, qe.MatchValue, qe.MatchAny, qe.RangeFloat)
         self.root = root
         self.dim = dim
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qdrant-edge")
@@ -281,7 +270,7 @@ class EdgeStore:
 
     def _request(self, search: Search, arm: Arm) -> Any:
         qe = self._qe
-        where = qe.Filter(must=[qe.FieldCondition(COLLECTION, match=qe.MatchValue(search.collection))])
+        where = filters.in_collection(self._models, search.collection)
         if isinstance(arm.vector, list):
             return qe.QueryRequest(limit=arm.limit, query=qe.Query.Nearest(arm.vector), filter=where,
                                    with_payload=arm.payload)
@@ -312,13 +301,9 @@ class EdgeStore:
     async def count(self) -> int:
         return int(await self._call(lambda: self._shard.count(self._qe.CountRequest(exact=True))))
 
-    def _match(self, key: str, value: str | list[str]) -> Any:
-        qe = self._qe
-        match = qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value)
-        return qe.FieldCondition(key, match=match)
-
-    def _document(self, document_id: str | list[str], collections: list[str]) -> Any:
-        return self._qe.Filter(must=[self._match(DOCUMENT_ID, document_id), self._match(COLLECTION, collections)])
+    def _document(self, document_id: str | list[str], collections: list[str], *,
+                  from_index: int | None = None) -> Any:
+        return filters.of_documents(self._models, document_id, collections, from_index=from_index)
 
     async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
         request = self._qe.CountRequest(
@@ -335,10 +320,7 @@ class EdgeStore:
         if staged:
             ops.append(qe.UpdateOperation.set_payload_by_filter(
                 self._document(document_id, [staging(collection)]), {COLLECTION: collection}))
-        ops.append(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[
-            self._match(DOCUMENT_ID, document_id), self._match(COLLECTION, both),
-            qe.FieldCondition(INDEX, range=qe.RangeFloat(gte=float(chunks))),
-        ])))
+        ops.append(qe.UpdateOperation.delete_points_by_filter(self._document(document_id, both, from_index=chunks)))
         if replaces:
             ops.append(qe.UpdateOperation.delete_points_by_filter(self._document(replaces, both)))
         await self._update(*ops)

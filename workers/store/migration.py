@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.payload import NAV_KIND, indexed_text, legacy_context, starts_section
+from core.payload import NAV_KIND, indexed_text, legacy_context, read_payload, starts_section
 from workers.sparse import Bm25Encoder
 from workers.store.types import Sparse
 
@@ -19,8 +19,7 @@ def legacy_sparse(payloads: list[dict[str, Any]], bm25: Bm25Encoder) -> list[tup
     texts = []
     headings: list[Sparse | None] = []
     for p in payloads:
-        text = str(p.get("text", ""))
-        texts.append(indexed_text(str(p.get("context") or legacy_context(p)), text))
-        section = p.get("section")
-        headings.append(bm25.heading(section) if starts_section(p) and p.get("kind") != NAV_KIND else None)
+        chunk = read_payload(p)
+        texts.append(indexed_text(chunk.context or legacy_context(p), chunk.text))
+        headings.append(bm25.heading(chunk.section) if starts_section(p) and chunk.kind != NAV_KIND else None)
     return list(zip(bm25.documents(texts), headings))

@@ -9,14 +9,16 @@ in, so no query ever searches a half-copied collection.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
 import structlog
 
 from core.errors import Unavailable
-from core.payload import COLLECTION, DENSE, DOCUMENT_ID, HEADING, INDEX, SPARSE, staging
+from core.payload import COLLECTION, DENSE, HEADING, SPARSE, staging
 from workers.sparse import Bm25Encoder
+from workers.store import filters
 from workers.store.fusion import fetched, rank, unfetched
 from workers.store.migration import legacy_sparse
 from workers.store.types import SCHEMA, Arm, Fusion, Hit, PointIn, Rerank, Search, Sparse
@@ -97,11 +99,8 @@ class ServerStore:
     async def _ensure_indexes(self, name: str) -> None:
         models = _models()
         keyword, integer = models.KeywordIndexType.KEYWORD, models.IntegerIndexType.INTEGER
-        indexes = [  # as the embedded store's (workers.store.edge.payload_indexes)
-            (COLLECTION, models.KeywordIndexParams(type=keyword, is_tenant=True)),
-            (DOCUMENT_ID, models.KeywordIndexParams(type=keyword, enable_hnsw=False)),
-            (INDEX, models.IntegerIndexParams(type=integer, lookup=True, range=True, enable_hnsw=False)),
-        ]
+        indexes = filters.payload_indexes(functools.partial(models.KeywordIndexParams, type=keyword),
+                                          functools.partial(models.IntegerIndexParams, type=integer))
         present = set((await self._client.get_collection(name)).payload_schema or {})
         with warnings.catch_warnings():  # ":memory:" warns that it has no payload indexes
             warnings.simplefilter("ignore", UserWarning)
@@ -155,8 +154,7 @@ class ServerStore:
 
     def _request(self, search: Search, arm: Arm) -> Any:
         models = _models()
-        where = models.Filter(must=[models.FieldCondition(key=COLLECTION,
-                                                          match=models.MatchValue(value=search.collection))])
+        where = filters.in_collection(_filter_models(), search.collection)
         if isinstance(arm.vector, list):
             return models.QueryRequest(query=arm.vector, filter=where, limit=arm.limit, with_payload=arm.payload)
         # IDF over the question's own collection, not the whole server collection.
@@ -181,17 +179,8 @@ class ServerStore:
         return int((await self._client.count(self._collection, exact=True)).count)
 
     @staticmethod
-    def _document(document_id: str | list[str], collections: list[str], *, min_index: int | None = None) -> Any:
-        models = _models()
-
-        def match(key: str, value: str | list[str]) -> Any:
-            m = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
-            return models.FieldCondition(key=key, match=m)
-
-        must: list[Any] = [match(DOCUMENT_ID, document_id), match(COLLECTION, collections)]
-        if min_index is not None:
-            must.append(models.FieldCondition(key=INDEX, range=models.Range(gte=min_index)))
-        return models.Filter(must=must)
+    def _document(document_id: str | list[str], collections: list[str], *, from_index: int | None = None) -> Any:
+        return filters.of_documents(_filter_models(), document_id, collections, from_index=from_index)
 
     async def count_document(self, document_id: str, collection: str, *, staged: bool = False) -> int:
         where = self._document(document_id, [staging(collection) if staged else collection])
@@ -210,7 +199,7 @@ class ServerStore:
             )
         await self._client.delete(
             self._collection,
-            points_selector=models.FilterSelector(filter=self._document(document_id, both, min_index=chunks)),
+            points_selector=models.FilterSelector(filter=self._document(document_id, both, from_index=chunks)),
             wait=True,
         )
         if replaces:
@@ -228,6 +217,11 @@ class ServerStore:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _filter_models() -> filters.Models:
+    models = _models()
+    return filters.Models(models.Filter, models.FieldCondition, models.MatchValue, models.MatchAny, models.Range)
 
 
 def _sparse_vectors(sparse: Sparse | None, heading: Sparse | None) -> dict[str, Any]:

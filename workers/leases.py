@@ -1,11 +1,11 @@
-"""Worker identity and liveness: stable consumer names (host + index) held by leases, heartbeats.
+"""Consumer names held by leases, and the heartbeat that renews them and tells /readyz who is alive.
 
 A consumer name is ``<host>-<index>``: the lowest index whose lease is free. Names
 therefore survive restarts while two live processes on one host never share one. A lease
 names its holder (kernel boot, pid, process start time): a worker restarted on the same host
 takes a name back at once when its holder is provably gone (that process no longer exists),
 not only once the lease expired; the jobs still pending under that name are then orphans, and
-the worker resumes them (see ConsumerLoop). The heartbeat renews the leases and records each
+the worker resumes them (see workers.recovery). The heartbeat renews the leases and records each
 consumer in ``<p>:workers`` for /readyz.
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from core.keys import Keys
 
-log = structlog.get_logger("workers.registry")
+log = structlog.get_logger("workers.leases")
 
 HEARTBEAT_S = LEASE_MS / 3000
 
@@ -49,7 +49,9 @@ return false
 """
 
 
-class Registry:
+class NameLeases:
+    """This process's consumer names, each held by a lease in Redis."""
+
     def __init__(self, redis: Redis, keys: Keys, host: str | None = None) -> None:
         self.redis = self._redis = redis
         self._keys = keys
@@ -61,15 +63,12 @@ class Registry:
         self.taken_over: list[str] = []
         self._started = now_ms()
 
-    def _lease(self, name: str) -> str:
-        return f"{self._keys.workers}:lease:{name}"
-
     async def claim_names(self, count: int) -> list[str]:
         """``count`` consumer names for this process, lowest free indexes first."""
         index = 0
         while len(self._names) < count:
             name = f"{self.host}-{index}"
-            lease = self._lease(name)
+            lease = self._keys.lease(name)
             if await self._redis.set(lease, self._token, nx=True, px=LEASE_MS):
                 self._names.append(name)
             elif (held := await self._redis.get(lease)) is not None and holder_gone(held.decode()) and \
@@ -86,7 +85,7 @@ class Registry:
         record = msgspec.json.encode(Heartbeat(self.host, os.getpid(), now_ms(), self._started))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in self._names:
-                pipe.eval(_RENEW, 1, self._lease(name), self._token, LEASE_MS)
+                pipe.eval(_RENEW, 1, self._keys.lease(name), self._token, LEASE_MS)
                 pipe.hset(self._keys.workers, name, record)
             await pipe.execute()
 
@@ -95,7 +94,7 @@ class Registry:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in self._names:
-                    pipe.delete(self._lease(name))
+                    pipe.delete(self._keys.lease(name))
                     pipe.hdel(self._keys.workers, name)
                 await pipe.execute()
         except (RedisError, OSError) as exc:

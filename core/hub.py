@@ -1,29 +1,30 @@
-"""One XREAD over every job stream this API process relays, fanned out to per-request queues.
+"""Following job event streams: one blocking XREAD over every followed stream, fanned out to subscribers.
 
-Open SSE streams therefore hold no Redis connection of their own: the hub has one
-dedicated connection for its blocking XREAD, and a new subscriber wakes it with
+The one follower of event streams: the API relays every SSE stream through one hub, and the
+ingest producer follows its job's progress (and a deletion) through a hub of its own
+(:func:`own_hub`). Open streams therefore hold no Redis connection of their own: the hub has
+one dedicated connection for its blocking XREAD, and a new subscriber wakes it with
 CLIENT UNBLOCK so the next XREAD includes the new stream at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.autopipeline import TickBatch, autopipeline
 from core.loop import cancel
-from core.protocol import TERMINAL
+from core.protocol import EventEntry, read_event
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-log = structlog.get_logger("app.hub")
+log = structlog.get_logger("core.hub")
 
 #: An event as relayed: (entry id, type, JSON data).
-Item = tuple[str, str, str]
+Item = EventEntry
 
 #: A subscriber this far behind is dropped (its stream ends; the client resumes with Last-Event-ID).
 MAX_QUEUED = 10_000
@@ -34,6 +35,10 @@ def entry_key(entry_id: bytes | str) -> tuple[int, int]:
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = raw.partition("-")
     return int(ms), int(seq or 0)
+
+
+class HubClosed(ConnectionError):
+    """The hub shut down (the process is stopping) before the followed stream ended."""
 
 
 class Subscription:
@@ -76,6 +81,24 @@ class EventHub:
         self._changed.set()
         await self._wake()
         return sub
+
+    async def follow(self, key: str, after: str = "0-0") -> AsyncGenerator[EventEntry, None]:
+        """The stream's entries after ``after``, up to and with its terminal one (close the generator
+        when leaving early: ``contextlib.aclosing``). A subscriber that fell too far behind is dropped
+        by the hub; this one picks up again where it was. Raises HubClosed if the hub stops first."""
+        cursor = after
+        while True:
+            sub = await self.subscribe(key, cursor)
+            try:
+                while (entry := await sub.queue.get()) is not None:
+                    cursor = entry.id
+                    yield entry
+                    if entry.terminal:
+                        return
+            finally:
+                self.unsubscribe(sub)
+            if self._closed:
+                raise HubClosed(f"stopped following {key}")
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.key)
@@ -122,7 +145,7 @@ class EventHub:
                     self._reader_id = int(await self._reader.client_id())
                 self._changed.clear()
                 streams = {key: min((s.cursor for s in subs), key=entry_key) for key, subs in self._subs.items()}
-                reply = await self._reader.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
+                reply = await self._reader.xread(streams, count=500, block=self._block_ms)
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 # Keep every cursor: once Redis is back, nothing is lost or repeated.
@@ -136,14 +159,33 @@ class EventHub:
                 self._deliver(key, entries)
 
     def _deliver(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        for sub in list(self._subs.get(key, [])):
-            for entry_id, fields in entries:
-                if entry_key(entry_id) <= entry_key(sub.cursor):
+        subs = self._subs.get(key)
+        if not subs:
+            return
+        read = [(entry_key(entry_id), read_event(entry_id, fields)) for entry_id, fields in entries]
+        for sub in list(subs):
+            after = entry_key(sub.cursor)
+            for position, entry in read:
+                if position <= after:
                     continue
-                sub.cursor = entry_id.decode()
-                kind = fields[b"type"].decode()
-                sub.queue.put_nowait((sub.cursor, kind, fields[b"data"].decode()))
-                if kind in TERMINAL or sub.queue.qsize() > MAX_QUEUED:
+                sub.cursor = entry.id
+                sub.queue.put_nowait(entry)
+                if entry.terminal or sub.queue.qsize() > MAX_QUEUED:
                     sub.queue.put_nowait(None)
                     self.unsubscribe(sub)
                     break
+
+
+@contextlib.asynccontextmanager
+async def own_hub(redis: Redis) -> AsyncIterator[EventHub]:
+    """A hub of its own, for a run that follows a few streams: its reader holds one connection of
+    ``redis``'s pool while it is open."""
+    reader = Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+    # Blocks of 1 s: the pool's reply timeout may be short (the API's is 5 s; a block as long would time out).
+    hub = EventHub(redis, reader, block_ms=1_000)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+        await reader.aclose()
