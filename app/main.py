@@ -33,6 +33,8 @@ log = structlog.get_logger("app")
 #: Connections for short commands (submit, status, a stream's first look); callers past it wait.
 #: With the hub's one connection, that bounds what an API process holds, whatever the open streams.
 API_REDIS_CONNECTIONS = 8
+#: A short command Redis has not answered in this long gets its 503 (the longest it blocks is 1 s).
+API_REPLY_TIMEOUT_S = 5.0
 
 
 class Services:
@@ -53,7 +55,8 @@ class Services:
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
         # A bounded pool for short commands, and one connection for the hub's blocking XREAD:
         # open SSE streams hold no connection of their own.
-        redis = connect(self.settings.redis, max_connections=API_REDIS_CONNECTIONS)
+        redis = connect(self.settings.redis, max_connections=API_REDIS_CONNECTIONS,
+                        reply_timeout_s=API_REPLY_TIMEOUT_S)
         reader = connect(self.settings.redis, max_connections=1)
         self.hub = EventHub(redis, reader)
         self.jobs = Jobs(redis, self.settings, self.hub)

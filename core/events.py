@@ -21,6 +21,7 @@ from core.protocol import (
     Event,
     EventKind,
     encode_event,
+    read_event,
 )
 
 if TYPE_CHECKING:
@@ -163,6 +164,16 @@ class EventWriter(JobWriter):
             return None
         entry_id = last[0][0]
         return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0])
+
+    async def finished(self, job_ids: list[str]) -> set[str]:
+        """Those of the jobs whose latest event is terminal (in one round trip)."""
+        if not job_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.xrevrange(self._keys.events(job_id), count=1)
+            replies = await pipe.execute()
+        return {job_id for job_id, last in zip(job_ids, replies) if last and read_event(*last[0]).terminal}
 
     async def mark_cancelled(self, job_id: str) -> None:
         """Write the `cancelled` event of a job whose cancel flag is set (no-op if already terminal)."""

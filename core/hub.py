@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.autopipeline import TickBatch, autopipeline
+from core.loop import cancel
 from core.protocol import EventEntry, read_event
 
 log = structlog.get_logger("core.hub")
@@ -118,9 +119,7 @@ class EventHub:
     async def stop(self) -> None:
         self.close_all()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
 
     async def _wake(self) -> None:
         if self._reader_id is not None:
@@ -182,7 +181,8 @@ async def own_hub(redis: Redis) -> AsyncIterator[EventHub]:
     """A hub of its own, for a run that follows a few streams: its reader holds one connection of
     ``redis``'s pool while it is open."""
     reader = Redis(connection_pool=redis.connection_pool, single_connection_client=True)
-    hub = EventHub(redis, reader)
+    # Blocks of 1 s: the pool's reply timeout may be short (the API's is 5 s; a block as long would time out).
+    hub = EventHub(redis, reader, block_ms=1_000)
     await hub.start()
     try:
         yield hub

@@ -24,6 +24,7 @@ from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.hub import EventHub, own_hub
 from core.keys import Keys
+from core.loop import cancel
 from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
     ChunkIn,
@@ -186,7 +187,7 @@ class Producer:
             state.sealed = True
             await follower
         finally:
-            follower.cancel()
+            await cancel(follower)
         return results
 
     async def open_job(self, job_id: str, files: int) -> None:

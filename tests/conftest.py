@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
 
 from core.settings import Settings, load_settings
 from tests.fake_openai import create_fake_openai
@@ -21,16 +22,25 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def _fail_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
     """With CI set, a skip (a missing system package or extra: Tesseract, redis-server, the local LLM) fails:
     CI installs them (.ci/run), so a skip there means a path that silently never ran."""
-    outcome = yield
-    report = outcome.get_result()
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"skipped under CI, which must run it: {reason}"
+        report.longrepr = f"skipped under CI, which must run it: {reason.removeprefix('Skipped: ')}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A test skipped in its body, a fixture or a skipif marker."""
+    _fail_skip_under_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    """A whole module skipped as it is collected (``pytest.importorskip`` at module level): no test report."""
+    _fail_skip_under_ci((yield).get_result())
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +83,15 @@ def fake_llm() -> Iterator[str]:
     """An OpenAI-compatible server on loopback; yields its /v1 base URL."""
     with ThreadedUvicorn(create_fake_openai()) as server:
         yield f"{server.url}/v1"
+
+
+@pytest.fixture
+def llm_app() -> Iterator[tuple[Litestar, str]]:
+    """A fake LLM of the test's own, whose faults, counters and gate it sets (tests/fake_openai.py):
+    yields (app, /v1 base URL)."""
+    app = create_fake_openai()
+    with ThreadedUvicorn(app) as server:
+        yield app, f"{server.url}/v1"
 
 
 def settings_env(redis_url: str, prefix: str, data_dir: Path, **overrides: str) -> dict[str, str]:

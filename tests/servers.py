@@ -84,8 +84,9 @@ class ThreadedUvicorn:
 
     def __init__(self, app: Any) -> None:
         self.port = free_port()
+        # A request still open at the end (a fake LLM's stall) is cut after 1 s, not waited for.
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
+                                                    lifespan="on", timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -33,9 +33,13 @@ log = structlog.get_logger("workers.leases")
 
 HEARTBEAT_S = LEASE_MS / 3000
 
-# Renew a lease only while we still hold it. KEYS: lease. ARGV: token, ms.
+# Renew a lease while we hold it; take it back once it has expired (Redis was away longer than a lease:
+# until the next beat, a worker starting on this host could take our name and resume our live jobs).
+# Never one another process holds. KEYS: lease. ARGV: token, ms.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not held then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
 # Take a lease over from a holder that is gone, unless it changed meanwhile. KEYS: lease. ARGV: seen, ours, ms.

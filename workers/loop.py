@@ -9,6 +9,8 @@ through :class:`workers.recovery.Recovery`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,6 +18,7 @@ from redis.exceptions import RedisError
 
 from core.errors import RagError
 from core.events import JobCancelled
+from core.loop import cancel
 from core.protocol import Query
 from workers.batcher import Batcher
 
@@ -74,6 +77,8 @@ class ConsumerLoop:
         #: Follow-up questions the LLM is making standalone, by entry id, and the tasks doing it.
         self._rewriting: dict[bytes, Delivery] = {}
         self._rewrites: set[asyncio.Task[None]] = set()
+        #: Read and being worked on, in no record above: a batch in retrieval, taken-over ingest indexed inline.
+        self._in_hand: dict[bytes, Delivery] = {}
         self._indexing: Indexing | None = None
         self._log = log.bind(consumer=consumer.name)
 
@@ -137,8 +142,9 @@ class ConsumerLoop:
         if stream == self._keys.queries:
             await self._start_answers(deliveries)
             return
-        for delivery in deliveries:
-            await self._indexer.index(delivery)
+        with self._holding(deliveries):
+            for delivery in deliveries:
+                await self._indexer.index(delivery)
 
     async def _index(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -161,7 +167,9 @@ class ConsumerLoop:
             deliveries = [d for d in deliveries if d.entry_id not in self._rewriting]
         if not deliveries:
             return
-        for item in await self._queries.prepare(deliveries, rewritten):
+        with self._holding(deliveries):  # retrieval can take long (a remote embedder, a reranker)
+            prepared = await self._queries.prepare(deliveries, rewritten)
+        for item in prepared:
             assert item.delivery.job is not None
             record = self._answering[item.delivery.job.id] = InFlight(item)  # before it runs: claims must see it
             record.task = asyncio.create_task(self._answer(record))
@@ -205,19 +213,37 @@ class ConsumerLoop:
         finally:
             self._answering.pop(job.id, None)
 
+    def handling(self) -> list[Delivery]:
+        """The messages this consumer is handling now: answers, follow-ups being made standalone, ingest
+        batches, and those read but not started."""
+        handled = [record.item.delivery for record in self._answering.values()]
+        handled += self._rewriting.values()
+        handled += self._in_hand.values()
+        if self._indexing is not None and not self._indexing.task.done():
+            handled += self._indexing.deliveries
+        return handled + self._batcher.held
+
     def in_progress(self) -> set[bytes]:
         """Entry ids of the messages this consumer is handling now."""
-        ids = {record.item.delivery.entry_id for record in self._answering.values()}
-        ids.update(self._rewriting)
-        if self._indexing is not None and not self._indexing.task.done():
-            ids.update(d.entry_id for d in self._indexing.deliveries)
-        ids.update(d.entry_id for d in self._batcher.held)
-        return ids
+        return {delivery.entry_id for delivery in self.handling()}
+
+    @contextlib.contextmanager
+    def _holding(self, deliveries: list[Delivery]) -> Iterator[None]:
+        self._in_hand.update((d.entry_id, d) for d in deliveries)
+        try:
+            yield
+        finally:
+            for delivery in deliveries:
+                self._in_hand.pop(delivery.entry_id, None)
 
     async def touch_inflight(self) -> None:
-        """Keep the answers in flight from looking idle (and being claimed by another consumer)."""
-        ids = [record.item.delivery.entry_id for record in self._answering.values()] + list(self._rewriting)
-        await self.consumer.touch(self._keys.queries, ids)
+        """Keep every message this consumer handles from looking idle (and being claimed by another consumer):
+        answers, and ingest batches too."""
+        by_stream: dict[str, list[bytes]] = {}
+        for delivery in self.handling():
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        for stream, ids in by_stream.items():
+            await self.consumer.touch(stream, ids)
 
     def cancel_job(self, job_id: str) -> None:
         """Stop a generation now (its client cancelled): the LLM stream is closed, not drained."""
@@ -236,8 +262,6 @@ class ConsumerLoop:
             _, pending = await asyncio.wait(busy, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
             if pending:
                 break
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await cancel(*pending)
             self._log.warning("left_pending", jobs=len(pending))

@@ -59,6 +59,7 @@ class Recovery:
             while page := await self._consumer.pending_own(stream, count=batch_size,
                                                            after=own[-1].entry_id if own else None):
                 own += page
+            own = await self._unfinished(own)
             if not own:
                 continue
             self._log.warning("resumed_own", stream=stream, count=len(own))
@@ -84,10 +85,22 @@ class Recovery:
             if not claimed:
                 continue
             self._log.warning("claimed_stale", stream=stream, count=len(claimed))
-            live = await self._sift(claimed)
+            live = await self._sift(await self._unfinished(claimed))
             await self._announce(live)
             taken.append((stream, live))
         return taken
+
+    async def _unfinished(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Those of ``deliveries`` whose job has not ended; the others are acknowledged. A worker killed between
+        a job's terminal event and its acknowledgement leaves it pending: taken up again, it would be answered
+        twice."""
+        queries = {d.job.id: d for d in deliveries if d.job is not None and d.stream == self._keys.queries}
+        finished = await self._events.finished(list(queries))
+        for job_id in finished:
+            await self._consumer.ack(queries[job_id])
+        if finished:
+            self._log.info("acknowledged_finished", count=len(finished))
+        return [d for d in deliveries if d.job is None or d.job.id not in finished]
 
     async def _sift(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Those still worth a try; those delivered too often are dead-lettered."""

@@ -7,7 +7,6 @@ consumers pruned) and the listener that stops a cancelled generation at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 import time
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 from core.events import EventWriter
 from core.heartbeats import alive_workers
 from core.keys import Keys
+from core.loop import cancel
 from core.redis import connect
 from core.settings import Settings
 from workers.answers import QueryPipeline
@@ -96,7 +96,7 @@ class Worker:
                 # HNSW graphs for the embedded shard, built in a child process as points come in.
                 optimizer = asyncio.create_task(
                     Optimizer(store, threshold=self.settings.retrieval.optimize_points).run())
-                stack.push_async_callback(_cancel_task, optimizer)
+                stack.push_async_callback(cancel, optimizer)
             generator = create_generator(self.settings.llm)
             stack.push_async_callback(generator.aclose)
             reranker = create_reranker(self.settings.reranker)
@@ -114,9 +114,9 @@ class Worker:
             ]
             await loops[0].consumer.ensure_groups()
             listener = asyncio.create_task(self._listen_for_cancels(redis, loops))
-            stack.push_async_callback(_cancel_task, listener)
+            stack.push_async_callback(cancel, listener)
             heartbeat = asyncio.create_task(self._heartbeat(leases, loops))
-            stack.push_async_callback(_cancel_task, heartbeat)
+            stack.push_async_callback(cancel, heartbeat)
             log.info(
                 "worker_started",
                 consumers=[c.consumer.name for c in loops],
@@ -192,7 +192,3 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
 
 
-async def _cancel_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from core.keys import Keys
 from tests.conftest import child_env, settings_env
 from tests.fake_openai import create_fake_openai
 from tests.servers import Proc, ThreadedUvicorn, free_port, wait_for_port
@@ -24,6 +25,10 @@ class Service(msgspec.Struct):
     worker: Proc
     api: Proc
     tmp: Path
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.env["RAG_REDIS_PREFIX"])
 
     def ingest(self, *paths: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ingest", "--json", *map(str, paths)], env=self.env,
@@ -70,12 +75,10 @@ def module_llm() -> Iterator[Any]:
 
 
 @pytest.fixture
-def slow_llm_app() -> Iterator[Any]:
-    """The fake LLM, 30 ms per token: streams long enough to interrupt. Yields (app, base URL)."""
-    app = create_fake_openai()
-    app.state.token_delay = 0.03
-    with ThreadedUvicorn(app) as server:
-        yield app, f"{server.url}/v1"
+def slow_llm_app(llm_app: Any) -> Any:
+    """The fake LLM, 30 ms per token: streams long enough to interrupt. (app, base URL)."""
+    llm_app[0].state.token_delay = 0.03
+    return llm_app
 
 
 @pytest.fixture

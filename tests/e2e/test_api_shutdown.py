@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -21,8 +20,9 @@ def test_sigterm_ends_open_streams_cleanly(redis_url: str, prefix: str, tmp_path
     wait_for_port(port, proc=api.proc)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         job_id = client.post("/v1/queries", json={"question": "nobody answers this"}).json()["id"]
-        threading.Timer(0.5, lambda: api.proc.send_signal(signal.SIGTERM)).start()
         with connect_sse(client, "GET", f"/v1/queries/{job_id}/events") as source:
+            assert source.response.status_code == 200  # the stream is open: its headers came
+            api.proc.send_signal(signal.SIGTERM)
             events = list(source.iter_sse())  # ends without a transport error
         assert events == []
     assert api.proc.wait(10) == 0

@@ -98,7 +98,7 @@ def test_a_follow_up_is_searched_standalone_and_the_system_message_kept(service:
         {"role": "assistant", "content": "It translates Pascal programs into WebAssembly [1]."},
         {"role": "user", "content": [{"type": "text", "text": "And in how many passes?"}]},
     ])
-    requests = app.state.requests[sent:]
+    requests = [body for _, body in app.state.requests[sent:]]
     rewrite, answer = requests[0], requests[-1]
     assert not rewrite.get("stream") and "Helios" in rewrite["messages"][-1]["content"]
     system = answer["messages"][0]["content"]

@@ -6,14 +6,12 @@ and test_local_llm covers it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pty
 import select
 import signal
 import subprocess
 import sys
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -29,15 +27,12 @@ from tests.servers import ROOT, free_port
 pytestmark = pytest.mark.e2e
 
 
-#: Resets SIGHUP and SIGINT, then becomes the given command (same pid).
-_AS_FROM_A_TERMINAL = ("import os, signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, "
-                       "signal.SIGINT)]; os.execv(sys.argv[1], sys.argv[1:])")
-
-
-def _take_the_terminal() -> None:
-    """In the child, after setsid: the pty on fd 0 becomes its controlling terminal, as a terminal
-    emulator's shell has one (Ctrl-C and the hangup then reach its foreground process group)."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+#: In a session of its own (start_new_session): takes the pty on fd 0 as its controlling terminal, as a
+#: terminal emulator's shell has one (Ctrl-C and the hangup then reach its foreground process group),
+#: resets SIGHUP and SIGINT, then becomes the given command (same pid).
+_AS_FROM_A_TERMINAL = ("import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                       "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)]; "
+                       "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 class Run:
@@ -55,8 +50,7 @@ class Run:
         up = str(ROOT / "scripts" / "up")
         self.terminal, screen = pty.openpty()
         self.proc = subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, up], cwd=ROOT, env=self.env,
-                                     stdin=screen, stdout=screen, stderr=screen, start_new_session=True,
-                                     preexec_fn=_take_the_terminal)
+                                     stdin=screen, stdout=screen, stderr=screen, start_new_session=True)
         os.close(screen)
         self._closing = threading.Event()
         self._reader = threading.Thread(target=self._copy_screen, daemon=True)
@@ -220,7 +214,7 @@ def test_a_process_that_fails_at_start_is_given_up_on_and_ctrl_c_stops_the_rest(
     run = Run(tmp_path, RAG_WORKER_BATCH_SIZE="0")  # invalid: the worker (and the API) exit at once
     try:
         run.until("supervisord to give up on the worker",
-                  lambda: "gave up: worker entered FATAL state" in run.output(), timeout=60)
+                  lambda: "gave up: worker entered FATAL state" in run.output(), timeout=180)
         pids = run.pids()
         run.ctrl_c()
         assert not run.gone(pids)

@@ -96,7 +96,8 @@ def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, servi
          what="the document in the list")
 
     app = module_llm[0]
-    app.state.gate, app.state.repeat = threading.Event(), 2  # the answer stops after 3 words until the gate opens
+    # The answer stops after 3 words until the gate opens.
+    app.state.gate, app.state.hold_after, app.state.hold_all, app.state.repeat = threading.Event(), 3, True, 2
     try:
         element("#question").send_keys("Where does the Zephyr turbine generate electricity?")
         element("#ask-button").click()
@@ -107,7 +108,7 @@ def test_upload_ask_citations_page_text_and_a_dropped_stream(browser: Any, servi
         app.state.gate.set()
         wait(lambda: element("#answer").get_attribute("data-done"), timeout=60, what="the answer to finish")
     finally:
-        app.state.gate, app.state.repeat = None, 1
+        app.state.gate, app.state.hold_all, app.state.repeat = None, False, 1
     job = httpx.get(f"{service.api_url}/v1/queries/{element('#answer').get_attribute('data-job')}").json()
     assert int(browser.execute_script("return document.body.dataset.reconnects || 0")) >= 1
     # Nothing lost, nothing repeated: the tokens the page received are the answer, word for word.

@@ -62,6 +62,26 @@ async def test_stale_jobs_are_claimed_with_delivery_count(redis: Redis, prefix: 
     assert claimed[0].deliveries == 2
 
 
+async def test_the_claim_cursor_reaches_stale_jobs_behind_many_live_ones(redis: Redis, prefix: str) -> None:
+    """XAUTOCLAIM looks at COUNT x 10 pending entries a call. Stale jobs behind more live ones than that are
+    reached only because each call goes on from the cursor the last one returned; each is claimed once."""
+    keys = Keys(prefix)
+    live, ghost, claimer = Consumer(redis, keys, "live"), Consumer(redis, keys, "ghost"), Consumer(redis, keys, "c")
+    await live.ensure_groups()
+    for i in range(30):
+        await redis.xadd(keys.queries, {"job": encode_job(new_job(Query(question=f"live {i}")))})
+    assert len(await live.read(keys.queries, count=30)) == 30  # delivered just now: not idle
+    stale = [new_job(Query(question=f"orphan {i}")) for i in range(5)]
+    for job in stale:
+        await redis.xadd(keys.queries, {"job": encode_job(job)})
+    orphans = await ghost.read(keys.queries, count=5)
+    await redis.xclaim(keys.queries, GROUP, "ghost", 0, [d.entry_id for d in orphans], idle=60_000)
+    claimed = []
+    for _ in range(8):  # two per page, 20 entries looked at a call
+        claimed += await claimer.claim_stale(keys.queries, min_idle_ms=10_000, count=2)
+    assert sorted(d.job.id for d in claimed if d.job) == sorted(j.id for j in stale)
+
+
 async def test_malformed_and_dead_lettered_messages(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "c")
@@ -125,6 +145,22 @@ async def test_heartbeat_renews_only_our_own_leases(redis: Redis, prefix: str) -
     await redis.set(lease, "someone else")
     await registry.beat()
     assert await redis.get(lease) == b"someone else" and await redis.pttl(lease) == -1  # not ours: untouched
+
+
+async def test_a_lease_that_expired_while_redis_was_away_is_taken_back(redis: Redis, prefix: str) -> None:
+    """After an outage longer than a lease, the live worker's next beat holds its name again: a worker
+    starting on the same host then gets another name, and leaves the live one's jobs alone."""
+    from workers.leases import NameLeases
+
+    keys = Keys(prefix)
+    leases = NameLeases(redis, keys, host="h")
+    (name,) = await leases.claim_names(1)
+    lease = keys.lease(name)
+    held = await redis.get(lease)
+    await redis.delete(lease)  # expired while Redis was away
+    await leases.beat()
+    assert await redis.get(lease) == held and await redis.pttl(lease) > 1000
+    assert await NameLeases(redis, keys, host="h").claim_names(1) == ["h-1"]
 
 
 async def test_release_with_redis_gone_does_not_raise(redis: Redis, prefix: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -80,3 +82,34 @@ async def test_page_chunks_are_the_documents_chunks_whose_span_holds_the_page(st
     assert sorted(h.payload["index"] for h in await store.page_chunks("doc", "default", 2)) == [1, 2]
     assert sorted(h.payload["index"] for h in await store.page_chunks("doc", "default", 4)) == [3]
     assert await store.page_chunks("doc", "default", 5) == []
+
+
+async def test_a_query_during_publishing_sees_one_version_on_the_embedded_store(tmp_path: Path) -> None:
+    """Queries running while a new version is published see the old version or the new one, never both
+    and never neither: the swap is one call on the shard's only thread, which queries share. (A Qdrant
+    server takes three requests, and may show both for an instant: see the README.)"""
+    store = EdgeStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(_points("old", 20, "default"))
+        await store.upsert(_points("new", 20, staging("default")))
+        seen: list[frozenset[str]] = []
+        publishing = True
+
+        async def query() -> None:
+            while publishing:
+                hits = await store.search_batch([Search(collection="default", dense=[1.0] * DIM)], limit=100,
+                                                fusion=Fusion())
+                seen.append(frozenset(h.payload["document_id"] for h in hits[0]))
+
+        queries = [asyncio.create_task(query()) for _ in range(8)]
+        while len(seen) < 8:  # queries wait on the shard's thread when the swap comes
+            await asyncio.sleep(0.001)
+        await store.publish("new", "default", chunks=20, staged=True, replaces=["old"])
+        after = len(seen) + 8
+        while len(seen) < after:
+            await asyncio.sleep(0.001)
+        publishing = False
+        await asyncio.gather(*queries)
+    finally:
+        await store.aclose()
+    assert set(seen) == {frozenset({"old"}), frozenset({"new"})}, Counter(seen)

@@ -132,38 +132,6 @@ async def test_a_query_to_an_idle_worker_is_not_held_for_the_batch_wait(
                 assert parse_sse(response.text)[-1].event == "done"
 
 
-async def test_llm_down_gives_error_event(redis_url: str, prefix: str, tmp_path: Path) -> None:
-    from tests.servers import free_port
-
-    settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="openai",
-                             llm_base_url=f"http://127.0.0.1:{free_port()}/v1", worker_max_deliveries="1")
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))  # a question with sources reaches the LLM
-        events = parse_sse((await client.post("/v1/ask", json={"question": "What does the Zephyr turbine do?"})).text)
-        assert [e.event for e in events] == ["sources", "error"]
-        assert events[-1].data["code"] == "llm_unavailable"
-        job_id = events[0].id and (await client.post("/v1/queries", json={"question": "What does Helios compile?"})).json()["id"]
-        for _ in range(200):
-            status = (await client.get(f"/v1/queries/{job_id}")).json()
-            if status["status"] == "failed":
-                break
-            await asyncio.sleep(0.05)
-        assert status["error"]["code"] == "llm_unavailable"
-    redis = Redis.from_url(settings.redis.url)
-    dead = await redis.xrange(Keys(prefix).dead)
-    await redis.aclose()
-    assert {f[b"code"] for _, f in dead} == {b"llm_unavailable"}
-
-
-async def test_permanent_llm_error_is_not_retried(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    async with running_worker(settings), api_client(settings) as client:
-        await ingest(settings, write_pdf(tmp_path / "facts.pdf", FACTS))
-        events = parse_sse((await client.post("/v1/ask", json={
-            "question": "What does the Zephyr turbine do? FAIL_PERMANENT"})).text)
-    assert [e.event for e in events] == ["sources", "error"]
-    assert events[-1].data["code"] == "llm_bad_request"
-
-
 async def test_extractive_answers_cite_their_sentences_and_say_what_they_cannot(  # type: ignore[no-untyped-def]
         redis_url: str, prefix: str, tmp_path: Path) -> None:
     settings = make_settings(redis_url, prefix, tmp_path / "data", llm_backend="extractive",

@@ -39,3 +39,14 @@ def test_the_package_table_names_every_module_and_only_modules_that_exist() -> N
         modules = {p.name for p in (root / package).rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
         assert named == modules, f"{package}/: the README names {sorted(named - modules)} that do not exist and " \
                                  f"leaves out {sorted(modules - named)}"
+
+
+def test_every_test_tests_readme_names_exists() -> None:
+    """tests/README.md maps the README's promises to tests: a renamed or deleted test must not leave it stale."""
+    tests = Path(__file__).parents[1]
+    named = re.findall(r"`((?:e2e|integration|unit)/\w+\.py)(?:::(\w+))?`(?:, `::(\w+)`)?", (tests / "README.md").read_text())
+    assert len(named) > 30
+    for path, *functions in named:
+        source = (tests / path).read_text()
+        for function in filter(None, functions):
+            assert re.search(rf"^(async )?def {function}\(", source, flags=re.MULTILINE), f"{path}::{function}"
