@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # No `_created` series beside every counter and histogram: they would double what a scrape sends, and
 # Prometheus detects counter resets without them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: How often the event loop's lag is measured: a sleep this long, and how late it woke.
 LOOP_LAG_INTERVAL_S = 0.25
