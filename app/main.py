@@ -126,6 +126,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         dependencies=services.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
-        plugins=[services.metrics.plugin(lambda: services.jobs)],
+        plugins=[services.metrics.plugin(services)],
         request_max_body_size=1024 * 1024,
     )

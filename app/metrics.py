@@ -2,7 +2,10 @@
 open, the job streams' backlog (read from Redis at each scrape), and what every process exports (core.metrics).
 
 Hand-written rather than Litestar's PrometheusMiddleware: that one keeps its metrics in the library's global
-registry (class-level), so several apps in one process (the tests) would count into each other.
+registry (class-level), so several apps in one process (the tests) would count into each other. And no route
+middleware at all: any makes Litestar wrap every route in one more exception handler, which wraps ``send``
+again for every message of every response; responses are counted by a ``before_send`` hook instead, and the
+open SSE streams read from the event hub at each scrape.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from litestar import Request, Response, get
@@ -27,11 +30,12 @@ from core.metrics import ProcessMetrics
 if TYPE_CHECKING:
     from litestar import Litestar
     from litestar.config.app import AppConfig
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import Message, Scope
     from prometheus_client.core import Metric
     from redis.asyncio import Redis
 
     from app.jobs import Jobs
+    from core.hub import EventHub
     from core.keys import Keys
 
 log = structlog.get_logger("app.metrics")
@@ -42,8 +46,13 @@ BACKLOG_TIMEOUT_S = 2.0
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The route label of a request that matched no route (404, 405 from the router).
 UNMATCHED = "unmatched"
-#: Set in a request's scope state once its SSE response has started.
-_SSE_OPEN = "rag.sse_open"
+
+
+class Running(Protocol):
+    """What the app's services hold once it runs (app.main.Services)."""
+
+    jobs: Jobs
+    hub: EventHub
 
 
 class Backlog(Collector):
@@ -121,38 +130,28 @@ class ApiMetrics(ProcessMetrics):
         self.requests = Counter("rag_http_requests", "HTTP responses, by route (its path template), method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.sse_open = Gauge("rag_sse_streams_open", "SSE responses streaming now (job events, /v1/ask, streamed "
-                              "chat completions)", registry=self.registry)
+                              "chat completions), as the event hub relays them", registry=self.registry)
+        self._responses: dict[tuple[str, str, int], Counter] = {}
         self.backlog = Backlog()
         self.registry.register(self.backlog)
 
-    def plugin(self, jobs: Callable[[], Jobs]) -> MetricsPlugin:
-        """The plugin for ``Litestar(plugins=...)``; ``jobs`` gives the Redis client and keys once the app runs."""
-        return MetricsPlugin(self, jobs)
+    def plugin(self, services: Running) -> MetricsPlugin:
+        """The plugin for ``Litestar(plugins=...)``; ``services`` holds the Redis client, keys and hub once the app
+        runs."""
+        self.sse_open.set_function(lambda: services.hub.sse_streams if hasattr(services, "hub") else 0)
+        return MetricsPlugin(self, lambda: services.jobs)
 
     async def before_send(self, message: Message, scope: Scope) -> None:
-        """Count each response as it starts (whichever part of the app sent it: a route, an error handler, the
-        router's 404); an SSE one is counted open until its request ends (``sse_middleware``)."""
-        if message["type"] != "http.response.start":
-            return
-        method = scope.get("method", "")
-        self.requests.labels(scope.get("path_template") or UNMATCHED, method if method in METHODS else "other",
-                             message["status"]).inc()
-        if any(name == b"content-type" and value.startswith(b"text/event-stream")
-               for name, value in message.get("headers", ())):
-            self.sse_open.inc()
-            scope["state"][_SSE_OPEN] = True
-
-    def sse_middleware(self, app: ASGIApp) -> ASGIApp:
-        """Closes the count of an SSE response when its request ends, however it ends (done, or the client gone)."""
-
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await app(scope, receive, send)
-            finally:
-                if scope.get("state", {}).pop(_SSE_OPEN, False):
-                    self.sse_open.dec()
-
-        return middleware
+        """Count each response as it starts, whichever part of the app sent it: a route, an error handler, the
+        router's own 404."""
+        if message["type"] == "http.response.start":
+            method = scope.get("method", "")
+            labels = (scope.get("path_template") or UNMATCHED, method if method in METHODS else "other",
+                      message["status"])
+            counter = self._responses.get(labels)
+            if counter is None:  # labels() takes a lock and formats every value: once per series, not per response
+                counter = self._responses[labels] = self.requests.labels(*labels)
+            counter.inc()
 
 
 class MetricsPlugin(InitPluginProtocol):
@@ -183,7 +182,6 @@ class MetricsPlugin(InitPluginProtocol):
 
         app_config.route_handlers.append(metrics_route)
         app_config.before_send.append(metrics.before_send)
-        app_config.middleware.append(metrics.sse_middleware)
         app_config.lifespan.append(watching)
         return app_config
 
