@@ -198,7 +198,8 @@ class QueryPipeline:
                     f"the collection {collection!r} has no documents: ingest some first (python -m ingest, "
                     "or POST /v1/documents)"))))
         written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
-        self._metrics.exported.sources_written([d for d, _ in valid if d.job is not None and written[d.job.id] is not None])
+        self._metrics.exported.sources_written([d for d, _ in valid
+                                                if d.job is not None and written[d.job.id] is not None])
         await self._finish_lookups([], done)
         kept = [i for i, (d, q) in enumerate(valid) if (q.collection or DEFAULT_COLLECTION) not in empty]
         contexts = dict(zip(kept, await self._passages.select(
@@ -309,7 +310,7 @@ class QueryPipeline:
             item.reservation = None
         await tokens.flush()
         finished = time.perf_counter()
-        self._metrics.exported.generation.observe(finished - started)
+        self._metrics.exported.generated(finished - started)
         answer = tokens.answer
         timings = Timings(
             queued_ms=item.timings.queued_ms,

@@ -133,6 +133,9 @@ class WorkerMetrics(ProcessMetrics):
     def first_token(self, delivery: Delivery) -> None:
         self.time_to_first_token.observe(_since(delivery.entry_id, now_ms()))
 
+    def generated(self, seconds: float) -> None:
+        self.generation.observe(seconds)
+
     def searched(self, questions: int, seconds: float) -> None:
         self.search_batch_size.observe(questions)
         self.search_seconds.observe(seconds)
