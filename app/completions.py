@@ -221,7 +221,7 @@ class ChatRelay:
         await until_hangup(receive, self._respond(send), lambda: self._jobs.cancel_soon(self._job_id))
 
     async def _respond(self, send: Send) -> bool:
-        sub = await self._jobs.follow(self._job_id)
+        sub = await self._jobs.follow(self._job_id, sse=self._stream)
         try:
             return await (self._streamed(sub, send) if self._stream else self._whole(sub, send))
         finally:

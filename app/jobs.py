@@ -115,9 +115,9 @@ class Jobs:
             raise _JOB_ERRORS.get(last.code, RagError)(last.message, code=last.code)
         raise RagError("the job was cancelled", code="cancelled")
 
-    async def follow(self, job_id: str) -> Subscription:
-        """Subscribe to a job's events from its first (for a relay of the API's own)."""
-        return await self._hub.subscribe(self.keys.events(job_id), "0-0")
+    async def follow(self, job_id: str, *, sse: bool = False) -> Subscription:
+        """Subscribe to a job's events from its first (for a relay of the API's own; ``sse``: as an SSE response)."""
+        return await self._hub.subscribe(self.keys.events(job_id), "0-0", sse=sse)
 
     def unfollow(self, subscription: Subscription) -> None:
         self._hub.unsubscribe(subscription)

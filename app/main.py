@@ -18,6 +18,7 @@ from app.dead import DeadLetterController
 from app.documents import DocumentController
 from app.errors import EXCEPTION_HANDLERS
 from app.jobs import Jobs
+from app.metrics import ApiMetrics
 from app.pages import Pages
 from app.routes import QueryController, healthz, readyz
 from app.uploads import Uploads
@@ -50,14 +51,16 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: What this process exports on GET /metrics.
+        self.metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
         # A bounded pool for short commands, and one connection for the hub's blocking XREAD:
         # open SSE streams hold no connection of their own.
         redis = connect(self.settings.redis, max_connections=API_REDIS_CONNECTIONS,
-                        reply_timeout_s=API_REPLY_TIMEOUT_S)
-        reader = connect(self.settings.redis, max_connections=1)
+                        reply_timeout_s=API_REPLY_TIMEOUT_S, on_error=self.metrics.redis_error)
+        reader = connect(self.settings.redis, max_connections=1, on_error=self.metrics.redis_error)
         self.hub = EventHub(redis, reader)
         self.jobs = Jobs(redis, self.settings, self.hub)
         self.documents = Documents(redis, self.settings)
@@ -123,5 +126,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         dependencies=services.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
+        plugins=[services.metrics.plugin(services)],
         request_max_body_size=1024 * 1024,
     )

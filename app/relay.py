@@ -106,7 +106,7 @@ class Relay:
                 if entry.terminal and entry_key(entry.id) <= entry_key(self._after):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True
-        sub = await self._hub.subscribe(self._key, self._after)
+        sub = await self._hub.subscribe(self._key, self._after, sse=True)
         try:
             while True:
                 try:

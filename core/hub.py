@@ -42,11 +42,13 @@ class HubClosed(ConnectionError):
 
 
 class Subscription:
-    __slots__ = ("cursor", "key", "queue")
+    __slots__ = ("cursor", "key", "queue", "sse")
 
-    def __init__(self, key: str, after: str) -> None:
+    def __init__(self, key: str, after: str, *, sse: bool = False) -> None:
         self.key = key
         self.cursor = after
+        #: Relayed to a client as an SSE response (not a request waiting for the job's result).
+        self.sse = sse
         #: Items, then None when the stream ends (terminal event, shutdown, or too far behind).
         self.queue: asyncio.Queue[Item | None] = asyncio.Queue()
 
@@ -69,11 +71,16 @@ class EventHub:
     def open_streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
+    @property
+    def sse_streams(self) -> int:
+        """Subscriptions relayed as SSE responses now."""
+        return sum(sub.sse for subs in self._subs.values() for sub in subs)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
-    async def subscribe(self, key: str, after: str) -> Subscription:
-        sub = Subscription(key, after)
+    async def subscribe(self, key: str, after: str, *, sse: bool = False) -> Subscription:
+        sub = Subscription(key, after, sse=sse)
         if self._closed:
             sub.queue.put_nowait(None)
             return sub

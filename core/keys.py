@@ -69,5 +69,10 @@ class Keys:
         return f"{self.prefix}:doc:{{{collection}/{document_id}}}:batches"
 
 
+def stream_label(key: str) -> str:
+    """A shared stream's key as the metrics label it: ``queries``, ``ingest`` (what follows the tag)."""
+    return key.rsplit(":", 1)[-1]
+
+
 def valid_job_id(job_id: str) -> bool:
     return bool(_JOB_ID.fullmatch(job_id))

@@ -141,6 +141,10 @@ class WorkerSettings(Struct, frozen=True, kw_only=True):
     block_ms: PositiveInt = 1_000
     #: SIGTERM grace period for in-flight jobs.
     shutdown_grace_s: PositiveFloat = 30.0
+    #: Where the process serves its Prometheus /metrics (one endpoint per process, whatever its
+    #: concurrency); port 0: not served. Each worker process on a host needs a port of its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class ApiSettings(Struct, frozen=True, kw_only=True):
@@ -304,7 +308,8 @@ def _problems(s: Settings) -> Iterator[tuple[str, str]]:
     yield from _agree(s)
     if not _OCR_LANGUAGES.fullmatch(s.ingest.ocr_language):
         yield "RAG_INGEST_OCR_LANGUAGE", f"{s.ingest.ocr_language!r}: Tesseract language codes joined by '+' (eng+deu)"
-    for var, value in (("RAG_DATA_DIR", s.data_dir), ("RAG_API_HOST", s.api.host)):
+    for var, value in (("RAG_DATA_DIR", s.data_dir), ("RAG_API_HOST", s.api.host),
+                       ("RAG_WORKER_METRICS_HOST", s.worker.metrics_host)):
         if not value.strip():
             yield var, "must not be empty"
 

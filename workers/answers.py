@@ -174,6 +174,7 @@ class QueryPipeline:
         # a section gets the chunk it starts with first.
         results = await self._store.search_batch(searches, limit=limit, fusion=self._fusion,
                                                  rerank=self._rank_headings)
+        self._metrics.exported.searched(len(searches), time.perf_counter() - embedded_at)
         results = await self._reranked(questions, results, rerank)
         searched = time.perf_counter()
         indexing = await self._registry.indexing_files({q.collection or DEFAULT_COLLECTION for q in queries})
@@ -197,6 +198,8 @@ class QueryPipeline:
                     f"the collection {collection!r} has no documents: ingest some first (python -m ingest, "
                     "or POST /v1/documents)"))))
         written = dict(zip((job_id for job_id, _ in events), await self._events.emit_each(events)))
+        self._metrics.exported.sources_written([d for d, _ in valid
+                                                if d.job is not None and written[d.job.id] is not None])
         await self._finish_lookups([], done)
         kept = [i for i, (d, q) in enumerate(valid) if (q.collection or DEFAULT_COLLECTION) not in empty]
         contexts = dict(zip(kept, await self._passages.select(
@@ -300,12 +303,14 @@ class QueryPipeline:
                     if not first_token:
                         first_token = time.perf_counter()
                         reservation.release()
+                        self._metrics.exported.first_token(item.delivery)
                     await tokens.add(delta)
         finally:
             reservation.release()
             item.reservation = None
         await tokens.flush()
         finished = time.perf_counter()
+        self._metrics.exported.generated(finished - started)
         answer = tokens.answer
         timings = Timings(
             queued_ms=item.timings.queued_ms,

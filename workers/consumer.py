@@ -19,6 +19,8 @@ from core.protocol import DeadLetter, Job, MalformedJob, encode_job, now_ms, rea
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from workers.metrics import WorkerMetrics
+
 log = structlog.get_logger("workers.consumer")
 
 
@@ -37,8 +39,9 @@ class Delivery(Struct):
 
 
 class Consumer:
-    def __init__(self, redis: Redis, keys: Keys, name: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, name: str, *, metrics: WorkerMetrics | None = None) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._pipe = autopipeline(redis)  # acks share round trips with the jobs' events
         # Concurrent answers' acks merge: one XACK and one XDEL per stream.
         self._acks: TickBatch[Delivery] = TickBatch(self._ack_many)
@@ -149,6 +152,8 @@ class Consumer:
             pipe.xack(delivery.stream, GROUP, delivery.entry_id)
             pipe.xdel(delivery.stream, delivery.entry_id)
             await pipe.execute()
+        if self._metrics is not None:
+            self._metrics.dead_letter(delivery.stream, code)
         log.warning("dead_lettered", stream=delivery.stream, code=code, error=message, deliveries=delivery.deliveries)
 
 

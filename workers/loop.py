@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from workers.answers import Prepared, QueryPipeline
     from workers.consumer import Consumer, Delivery
     from workers.indexer import Indexer
+    from workers.metrics import WorkerMetrics
     from workers.recovery import Recovery, TakeUp
 
 log = structlog.get_logger("workers")
@@ -62,8 +63,10 @@ class Indexing:
 
 class ConsumerLoop:
     def __init__(self, consumer: Consumer, keys: Keys, settings: WorkerSettings, *, queries: QueryPipeline,
-                 indexer: Indexer, recovery: Recovery, stopping: asyncio.Event, burst: bool = False) -> None:
+                 indexer: Indexer, recovery: Recovery, stopping: asyncio.Event, metrics: WorkerMetrics,
+                 burst: bool = False) -> None:
         self.consumer = consumer
+        self._metrics = metrics
         self._keys = keys
         self._settings = settings
         self._queries = queries
@@ -120,6 +123,7 @@ class ConsumerLoop:
         indexing = self._indexing.task if self._indexing is not None and not self._indexing.task.done() else None
         batch = await self._batcher.next(size, block=not self._burst, ingest=indexing is None,
                                          hold=bool(self._answering))
+        self._metrics.taken(batch.deliveries)
         if batch.kind == "query":
             await self._start_answers(batch.deliveries)
         elif batch.kind == "ingest":

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core.settings import WorkerSettings
     from workers.answers import Prepared, QueryPipeline
     from workers.consumer import Consumer, Delivery
+    from workers.metrics import WorkerMetrics
 
 log = structlog.get_logger("workers")
 
@@ -39,8 +40,9 @@ class Recovery:
     handling now: never claimed from under it."""
 
     def __init__(self, consumer: Consumer, keys: Keys, settings: WorkerSettings, *, queries: QueryPipeline,
-                 events: EventWriter, in_progress: Callable[[], set[bytes]]) -> None:
+                 events: EventWriter, in_progress: Callable[[], set[bytes]], metrics: WorkerMetrics) -> None:
         self._consumer = consumer
+        self._metrics = metrics
         self._keys = keys
         self._settings = settings
         self._queries = queries
@@ -63,6 +65,7 @@ class Recovery:
             if not own:
                 continue
             self._log.warning("resumed_own", stream=stream, count=len(own))
+            self._metrics.took_over(stream, "resume", len(own))
             await self._announce(own)
             for start in range(0, len(own), batch_size):
                 yield stream, await self._sift(own[start : start + batch_size])
@@ -85,6 +88,7 @@ class Recovery:
             if not claimed:
                 continue
             self._log.warning("claimed_stale", stream=stream, count=len(claimed))
+            self._metrics.took_over(stream, "claim", len(claimed))
             live = await self._sift(await self._unfinished(claimed))
             await self._announce(live)
             taken.append((stream, live))

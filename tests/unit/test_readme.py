@@ -50,3 +50,28 @@ def test_every_test_tests_readme_names_exists() -> None:
         source = (tests / path).read_text()
         for function in filter(None, functions):
             assert re.search(rf"^(async )?def {function}\(", source, flags=re.MULTILINE), f"{path}::{function}"
+
+
+def test_the_metrics_table_names_every_metric_and_only_those_exported() -> None:
+    from app.metrics import ApiMetrics
+    from workers.metrics import WorkerMetrics
+
+    section = README.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(rag_[a-z_]+)", section))
+    exported: set[str] = set()
+    api = ApiMetrics()
+    for metrics in (api, WorkerMetrics()):
+        families = [*metrics.registry.collect(), *api.backlog.describe()]
+        exported |= {f.name + ("_total" if f.type == "counter" else "") for f in families if f.name.startswith("rag_")}
+    assert documented == exported
+
+
+def test_the_scrape_config_scrapes_the_default_ports() -> None:
+    import yaml
+
+    section = README.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    ports = {job["job_name"]: [int(t.rsplit(":", 1)[1]) for c in job["static_configs"] for t in c["targets"]]
+             for job in config["scrape_configs"]}
+    assert ports == {"rag-api": [Settings().api.port], "rag-workers": [9101]}
+    assert "RAG_WORKER_METRICS_PORT=9101 scripts/up" in section
