@@ -20,6 +20,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Struct
 
+from app.auth import Principal, principal
 from app.completions import ChatRelay, Translation, page_url
 from app.errors import OPENAI_EXCEPTION_HANDLERS, ModelNotFound, UnsupportedParameter, documented
 from app.schemas import OpenAIErrorBody
@@ -129,6 +130,13 @@ def model_collection(model: str) -> str:
     return model
 
 
+def readable_model(model: str, asking: Principal) -> None:
+    """A collection the key may not read is, to it, a model that does not exist (as OpenAI answers)."""
+    if not asking.reads(model):
+        raise ModelNotFound(f"the model {model!r} does not exist or this API key may not use it: GET /v1/models "
+                            "lists those it may")
+
+
 class Compat:
     """The OpenAI-compatible routes' service: jobs submitted and relayed in OpenAI's shapes."""
 
@@ -160,9 +168,10 @@ class Compat:
         return Query(question=self._jobs.question(texts[last]), top_k=self._jobs.top_k(request.top_k),
                      collection=collection, history=turns[-keep:] if keep else [], instructions=instructions or None)
 
-    async def chat(self, request: ChatRequest, base_url: str) -> ChatRelay:
+    async def chat(self, request: ChatRequest, base_url: str, asking: Principal) -> ChatRelay:
         query = self.query(request)
-        job_id = await self._jobs.submit(query, {"question": query.question})
+        readable_model(request.model, asking)
+        job_id = await self._jobs.submit(query, {"question": query.question}, asking)
         collection = query.collection or request.model
         translation = Translation(
             completion_id=f"chatcmpl-{job_id}", model=request.model, created=int(time.time()),
@@ -172,20 +181,21 @@ class Compat:
         return ChatRelay(self._jobs, job_id, translation, stream=request.stream,
                          keepalive_s=self._jobs.settings.api.keepalive_s)
 
-    async def models(self) -> ModelList:
-        """The collections that hold documents, each with its document count."""
-        records = await self._registry.documents()
+    async def models(self, asking: Principal) -> ModelList:
+        """The collections that hold documents (that the key reads), each with its document count."""
+        records = [r for r in await self._registry.documents() if asking.reads(r.collection)]
         counts = Counter(r.collection for r in records)
         created = {r.collection: r.created_ms // 1000 for r in reversed(records)}
         return ModelList(data=[Model(id=c, created=created[c], documents=n) for c, n in sorted(counts.items())])
 
-    async def model(self, model: str) -> Model:
-        found = next((m for m in (await self.models()).data if m.id == model), None)
+    async def model(self, model: str, asking: Principal) -> Model:
+        found = next((m for m in (await self.models(asking)).data if m.id == model), None)
         if found is None:
             raise ModelNotFound(f"the model {model!r} names no collection with documents: GET /v1/models lists them")
         return found
 
-    async def embeddings(self, request: EmbeddingsRequest) -> dict[str, Any]:
+    async def embeddings(self, request: EmbeddingsRequest, asking: Principal) -> dict[str, Any]:
+        """Any key may embed: it reads no collection."""
         settings = self._jobs.settings
         if request.model != settings.embedder.model:
             raise ModelNotFound(f"the model {request.model!r} is not this service's embedder: use "
@@ -193,7 +203,8 @@ class Compat:
         if request.encoding_format not in ("float", "base64"):
             raise UnsupportedParameter("encoding_format", "encoding_format: 'float' or 'base64'")
         texts = embedding_inputs(request.input, settings.limits.embed_inputs_max)
-        job_id = await self._jobs.submit(Embed(texts=texts, dimensions=request.dimensions), {"texts": len(texts)})
+        job_id = await self._jobs.submit(Embed(texts=texts, dimensions=request.dimensions), {"texts": len(texts)},
+                                         asking)
         events = await self._jobs.result(job_id)
         done = events[-1]
         assert isinstance(done, Done)
@@ -230,18 +241,19 @@ class OpenAIController(Controller):
           responses=documented(404, 429, body=OpenAIErrorBody))
     async def chat(self, compat: NamedDependency[Compat], data: JSONBody[ChatRequest],
                    request: Request[Any, Any, Any]) -> ChatRelay:
-        return await compat.chat(data, str(request.base_url).rstrip("/"))
+        return await compat.chat(data, str(request.base_url).rstrip("/"), principal(request))
 
     @get("/models", summary="The collections, as OpenAI models, with their document counts", responses=documented(body=OpenAIErrorBody))
-    async def models(self, compat: NamedDependency[Compat]) -> ModelList:
-        return await compat.models()
+    async def models(self, compat: NamedDependency[Compat], request: Request[Any, Any, Any]) -> ModelList:
+        return await compat.models(principal(request))
 
     @get("/models/{model:str}", summary="One collection, as an OpenAI model", responses=documented(404, body=OpenAIErrorBody))
-    async def model(self, compat: NamedDependency[Compat], model: FromPath[str]) -> Model:
-        return await compat.model(model)
+    async def model(self, compat: NamedDependency[Compat], model: FromPath[str],
+                    request: Request[Any, Any, Any]) -> Model:
+        return await compat.model(model, principal(request))
 
     @post("/embeddings", status_code=200, summary="OpenAI-compatible embeddings, by the workers' embedder",
           responses=documented(404, 429, body=OpenAIErrorBody))
-    async def embeddings(self, compat: NamedDependency[Compat],
-                         data: JSONBody[EmbeddingsRequest]) -> dict[str, Any]:
-        return await compat.embeddings(data)
+    async def embeddings(self, compat: NamedDependency[Compat], data: JSONBody[EmbeddingsRequest],
+                         request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return await compat.embeddings(data, principal(request))

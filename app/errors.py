@@ -64,9 +64,37 @@ class Overloaded(RagError):
     code = "overloaded"
 
 
-_STATUS = {BadRequest: 400, NotFound: 404, JobFinished: 409, Overloaded: 429}
+class Unauthorized(RagError):
+    """No API key, or one that is not (or no longer) a key: 401. Codes ``missing_api_key``, ``invalid_api_key``,
+    ``invalid_events_token``, ``events_token_expired``."""
+
+    code = "invalid_api_key"
+    permanent = True
+
+
+class Forbidden(RagError):
+    """A valid key without the right for this: another collection, writing, administering. 403."""
+
+    code = "forbidden"
+    permanent = True
+
+
+class RateLimited(RagError):
+    """The key has used its requests per second (RAG_LIMITS_KEY_RPS): 429, Retry-After in whole seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+_STATUS = {BadRequest: 400, Unauthorized: 401, Forbidden: 403, NotFound: 404, JobFinished: 409, Overloaded: 429,
+           RateLimited: 429}
 _HTTP_CODES = {
     400: "bad_request",
+    401: "invalid_api_key",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -80,22 +108,27 @@ _HTTP_CODES = {
 _DESCRIBED = {
     400: "Bad request: invalid JSON or fields (`invalid_json`, `invalid_request`, `empty_question`, "
          "`question_too_long`, `invalid_top_k`, `invalid_last_event_id`, `invalid_collection`, `invalid_upload`, "
-         "`invalid_entry_id`, `ambiguous_document`)",
-    404: "No such job, document, page, dead job or model (`job_not_found`, `document_not_found`, `page_not_found`, "
-         "`dead_job_not_found`, `model_not_found`)",
+         "`invalid_entry_id`, `ambiguous_document`, `invalid_key_name`, `invalid_key_limit`)",
+    401: "No API key (`missing_api_key`), or not a valid one (`invalid_api_key`); for a job's events, an events "
+         "token that is wrong (`invalid_events_token`) or expired (`events_token_expired`)",
+    403: "The key may not do this: another collection, writing, administering (`forbidden`)",
+    404: "No such job, document, page, dead job, model or API key (`job_not_found`, `document_not_found`, "
+         "`page_not_found`, `dead_job_not_found`, `model_not_found`, `key_not_found`); another key's job is not "
+         "found either",
     409: "The job has already finished (`job_finished`)",
     413: "The upload is over RAG_INGEST_MAX_FILE_MB (`payload_too_large`)",
-    429: "Too many questions are waiting (`overloaded`); retry after the Retry-After header",
+    429: "The key used its requests per second (`rate_limited`), or too many questions are waiting (`overloaded`); "
+         "retry after the Retry-After header",
     503: "Redis is unreachable (`redis_unavailable`); retry after the Retry-After header",
 }
 
 
 def documented(*statuses: int, body: type[Struct] = ErrorBody) -> dict[int, ResponseSpec]:
-    """OpenAPI responses for a route's errors, 400 and 503 always: all have the body ``body``,
+    """OpenAPI responses for a route's errors, 400, 401, 429 and 503 always: all have the body ``body``,
     ``{"error": {"code", "message"}}`` unless told otherwise. (Litestar would document its own 400 body
     otherwise, which this API never sends.)"""
     return {status: ResponseSpec(data_container=body, description=_DESCRIBED[status], generate_examples=False)
-            for status in sorted({400, *statuses, 503})}
+            for status in sorted({400, 401, 429, *statuses, 503})}
 
 
 class Failure(NamedTuple):
@@ -132,7 +165,9 @@ def _openai(failure: Failure) -> Response[Any]:
 
 def rag_failure(exc: RagError) -> Failure:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 503 if not exc.permanent else 500)
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="rag-stream"'}
     return Failure(status, exc.code, exc.message, headers, getattr(exc, "param", None))
 
 

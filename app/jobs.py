@@ -7,11 +7,14 @@ from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Literal, cast
 
+from app.auth import Principal
 from app.errors import JobFinished, JobNotFound, NotFound, Overloaded
 from app.relay import Relay
 from app.schemas import ErrorInfo, JobStatus, JobView, Links, QueryRequest
+from core.apikeys import OWNER
 from core.errors import BadRequest, RagError
 from core.keys import Keys, valid_job_id
+from core.payload import DEFAULT_COLLECTION
 from core.protocol import (
     PAGE_NOT_FOUND,
     UNSUPPORTED_PARAMETER,
@@ -32,6 +35,7 @@ from core.queue import CancelResult, JobQueue
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from app.tokens import EventTokens
     from core.hub import EventHub, Subscription
     from core.settings import Settings
 
@@ -45,16 +49,28 @@ _STATUS: dict[str, JobStatus] = {
 _JOB_ERRORS: dict[str, type[RagError]] = {UNSUPPORTED_PARAMETER: BadRequest, PAGE_NOT_FOUND: NotFound}
 
 
-def links(job_id: str) -> Links:
-    return Links(self=f"/v1/queries/{job_id}", events=f"/v1/queries/{job_id}/events")
+_OWNER = OWNER.encode()
+
+
+def links(job_id: str, events_token: str | None = None) -> Links:
+    """A job's URLs; its events' with the job's events token, when a key created it (for browsers' EventSource)."""
+    events = f"/v1/queries/{job_id}/events"
+    return Links(self=f"/v1/queries/{job_id}", events=f"{events}?token={events_token}" if events_token else events)
+
+
+async def job_links(tokens: EventTokens, job_id: str, principal: Principal) -> Links:
+    """A job's URLs, its events' with a fresh events token when a key asks."""
+    key_id = principal.key_id
+    return links(job_id, await tokens.issue(job_id, key_id) if key_id and principal.job_id is None else None)
 
 
 class Jobs:
-    def __init__(self, redis: Redis, settings: Settings, hub: EventHub) -> None:
+    def __init__(self, redis: Redis, settings: Settings, hub: EventHub, tokens: EventTokens) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self._hub = hub
+        self._tokens = tokens
         self._queue = JobQueue(redis, self.keys, settings.limits)
         self._background: set[asyncio.Task[object]] = set()
 
@@ -86,13 +102,17 @@ class Jobs:
         return Query(question=self.question(request.question), top_k=self.top_k(request.top_k),
                      collection=request.collection or None)
 
-    async def submit_query(self, request: QueryRequest) -> str:
+    async def submit_query(self, request: QueryRequest, principal: Principal) -> str:
         query = self.validate(request)
-        return await self.submit(query, {"question": query.question})
+        principal.check_read(query.collection or DEFAULT_COLLECTION)
+        return await self.submit(query, {"question": query.question}, principal)
 
-    async def submit(self, payload: Interactive, record: dict[str, str | int]) -> str:
-        """Put a job on the queries stream with its record; Overloaded when too many wait already."""
+    async def submit(self, payload: Interactive, record: dict[str, str | int], principal: Principal) -> str:
+        """Put a job on the queries stream with its record, which names the key that asked (its owner);
+        Overloaded when too many wait already."""
         job = new_job(payload)
+        if principal.key_id is not None:
+            record = {**record, OWNER: principal.key_id}
         # Backpressure: acknowledged jobs are deleted, so the stream's length is waiting + pending.
         limit = self.settings.limits.max_backlog
         backlog = await self._queue.submit(job, self.keys.queries, record, max_backlog=limit)
@@ -122,11 +142,15 @@ class Jobs:
     def unfollow(self, subscription: Subscription) -> None:
         self._hub.unsubscribe(subscription)
 
-    async def cancel(self, job_id: str) -> Literal["cancelled", "cancelling"]:
-        """'cancelled' (it had not started), 'cancelling' (its worker stops it now)."""
+    async def job_links(self, job_id: str, principal: Principal) -> Links:
+        return await job_links(self._tokens, job_id, principal)
+
+    async def cancel(self, job_id: str, principal: Principal | None = None) -> Literal["cancelled", "cancelling"]:
+        """'cancelled' (it had not started), 'cancelling' (its worker stops it now). Another key's job is unknown
+        to ``principal``; None: the API's own cancel (a client that hung up)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
-        result = await self._queue.cancel(job_id)
+        result = await self._queue.cancel(job_id, principal.key_id if principal else None)
         if result is CancelResult.UNKNOWN:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
         if result is CancelResult.FINISHED:
@@ -139,11 +163,12 @@ class Jobs:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def requeue_dead(self, entry_id: str) -> str | None:
-        """Put a dead job back on its stream under the same id, with a fresh event stream."""
+    async def requeue_dead(self, entry_id: str, allowed: Callable[[DeadLetter], bool]) -> str | None:
+        """Put a dead job back on its stream under the same id, with a fresh event stream; None for one that is
+        not there, carries no job, or is not ``allowed``."""
         entries = await self.redis.xrange(self.keys.dead, min=entry_id, max=entry_id)
         letter = DeadLetter.read(entries[0][1]) if entries else None
-        if letter is None or letter.job is None:
+        if letter is None or letter.job is None or not allowed(letter):
             return None
         job = decode_job(letter.job)
         stream = letter.stream or self.keys.queries
@@ -158,23 +183,26 @@ class Jobs:
             await pipe.execute()
         return job.id
 
-    async def require(self, job_id: str) -> dict[bytes, bytes]:
+    async def require(self, job_id: str, principal: Principal) -> dict[bytes, bytes]:
+        """The job's record; JobNotFound for a job that does not exist, and for one ``principal`` may not see
+        (another key's: whether it exists is not told)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
         record = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.record(job_id)))
-        if not record:
+        seen = principal.owns(record.get(_OWNER)) and principal.job_id in (None, job_id)
+        if not record or not seen:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
         return record
 
-    async def view(self, job_id: str) -> JobView:
-        record = await self.require(job_id)
+    async def view(self, job_id: str, principal: Principal) -> JobView:
+        record = await self.require(job_id, principal)
         view = JobView(
             id=job_id,
             kind=record.get(b"kind", b"query").decode(),
             status="queued",
             created_ms=int(record.get(b"created_ms", b"0")),
             question=record[b"question"].decode() if b"question" in record else None,
-            links=links(job_id),
+            links=await self.job_links(job_id, principal),
         )
         last = await self.redis.xrevrange(self.keys.events(job_id), count=1)
         if not last:

@@ -10,9 +10,13 @@ from contextlib import asynccontextmanager
 import structlog
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.apikeys import KeyController
+from app.auth import AuthMiddleware, Guard, refusal
 from app.compat import Compat, OpenAIController
 from app.dead import DeadLetterController
 from app.documents import DocumentController
@@ -21,9 +25,12 @@ from app.jobs import Jobs
 from app.metrics import ApiMetrics
 from app.pages import Pages
 from app.routes import QueryController, healthz, readyz
+from app.tokens import EventTokens
 from app.uploads import Uploads
 from app.web import index
+from core.apikeys import ApiKeys
 from core.hub import EventHub
+from core.keys import Keys
 from core.logs import configure_logging
 from core.redis import connect
 from core.settings import Settings, load_or_exit
@@ -47,6 +54,8 @@ class Services:
     uploads: Uploads
     compat: Compat
     pages: Pages
+    api_keys: ApiKeys
+    guard: Guard
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -62,9 +71,14 @@ class Services:
                         reply_timeout_s=API_REPLY_TIMEOUT_S, on_error=self.metrics.redis_error)
         reader = connect(self.settings.redis, max_connections=1, on_error=self.metrics.redis_error)
         self.hub = EventHub(redis, reader)
-        self.jobs = Jobs(redis, self.settings, self.hub)
+        # API keys: every request's key looked up in Redis (app.auth); job events tokens signed (app.tokens).
+        self.api_keys = ApiKeys(redis, Keys(self.settings.redis.prefix), self.settings.limits)
+        tokens = EventTokens(redis, Keys(self.settings.redis.prefix), self.settings.api.events_token_ttl_s)
+        self.guard = Guard(self.settings, self.api_keys, tokens)
+        await self._refuse_unsafe_start(redis)
+        self.jobs = Jobs(redis, self.settings, self.hub, tokens)
         self.documents = Documents(redis, self.settings)
-        self.uploads = Uploads(redis, self.settings)
+        self.uploads = Uploads(redis, self.settings, tokens)
         self.compat = Compat(self.jobs)
         self.pages = Pages(self.jobs, self.documents)
         self._loop = asyncio.get_running_loop()
@@ -82,6 +96,20 @@ class Services:
             await reader.aclose()
             await redis.aclose()
 
+    async def _refuse_unsafe_start(self, redis: Redis) -> None:
+        """No key, on an address others reach: stop before serving (``python -m app`` checks it first too)."""
+        try:
+            problem = refusal(self.settings, await self.api_keys.any())
+        except (RedisError, OSError) as exc:  # Redis down: requests are refused unless served on loopback
+            log.warning("api_keys_unchecked", error=str(exc))
+            return
+        if problem is not None:
+            await redis.aclose()
+            raise RuntimeError(problem)
+
+    def _guard(self) -> Guard:
+        return self.guard
+
     def dependencies(self) -> dict[str, Provide]:
         # One per handler: Litestar resolves a handler's several dependencies in a task group, a task each,
         # on every request (a minimal handler took 270 µs a request with two, 80 with one).
@@ -91,6 +119,7 @@ class Services:
             "uploads": Provide(self._uploads, sync_to_thread=False, use_cache=True),
             "compat": Provide(self._compat, sync_to_thread=False, use_cache=True),
             "pages": Provide(self._pages, sync_to_thread=False, use_cache=True),
+            "api_keys": Provide(self._api_keys, sync_to_thread=False, use_cache=True),
         }
 
     def _jobs(self) -> Jobs:
@@ -108,6 +137,9 @@ class Services:
     def _pages(self) -> Pages:
         return self.pages
 
+    def _api_keys(self) -> ApiKeys:
+        return self.api_keys
+
     def end_streams(self) -> None:
         """End every open SSE stream now (shutdown): clients resume elsewhere with Last-Event-ID.
         Safe from a signal handler."""
@@ -121,10 +153,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     services = services or Services(settings)
     return Litestar(
         route_handlers=[QueryController, DeadLetterController, DocumentController, OpenAIController, healthz, readyz,
-                        index],
+                        index, KeyController],
         lifespan=[services.lifespan],
         dependencies=services.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,
+        # Every route but /healthz, /readyz, /metrics and / needs an API key once one exists (app.auth).
+        middleware=[DefineMiddleware(AuthMiddleware, guard=services._guard)],
         openapi_config=OpenAPIConfig(title="RAG service", version="0.1.0", path="/schema"),
         plugins=[services.metrics.plugin(services)],
         request_max_body_size=1024 * 1024,

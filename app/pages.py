@@ -18,6 +18,7 @@ from core.payload import DEFAULT_COLLECTION, collection_name
 from core.protocol import PAGE_NOT_FOUND, PageChunk, PageRequest, PageText
 
 if TYPE_CHECKING:
+    from app.auth import Principal
     from app.jobs import Jobs
     from ingest.documents import Documents
 
@@ -46,8 +47,9 @@ class Pages:
         self._jobs = jobs
         self._documents = documents
 
-    async def page(self, document_id: str, page: int, collection: str | None) -> PageView:
+    async def page(self, document_id: str, page: int, collection: str | None, asking: Principal) -> PageView:
         name = collection_name(collection)
+        asking.check_read(name)
         found = await self._documents.find(document_id, name)
         if not found:
             raise DocumentNotFound(f"no document with id {document_id!r} in collection {name!r}")
@@ -55,7 +57,7 @@ class Pages:
         if not 1 <= page <= max(record.pages, 1):
             raise NotFound(f"document {document_id} has pages 1 to {record.pages}, not {page}", code=PAGE_NOT_FOUND)
         job_id = await self._jobs.submit(PageRequest(document_id=document_id, page=page, collection=name),
-                                         {"document_id": document_id, "page": page})
+                                         {"document_id": document_id, "page": page}, asking)
         text = next(e for e in await self._jobs.result(job_id) if isinstance(e, PageText))
         return PageView(document=view(record), page=page, text=text.text, chunks=text.chunks, links=PageLinks(
             document=f"/v1/documents/{document_id}" + ("" if name == DEFAULT_COLLECTION else f"?collection={name}"),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from app.auth import principal
 from app.errors import InvalidLastEventId, documented
-from app.jobs import Jobs, links
+from app.jobs import Jobs
 from app.relay import Relay, valid_entry_id
 from app.schemas import Accepted, Cancelling, Health, JobView, QueryRequest
 from core.heartbeats import alive_workers
@@ -25,17 +26,19 @@ class QueryController(Controller):
 
     @post("/queries", status_code=HTTP_202_ACCEPTED, summary="Submit a question; answer it as a job",
           responses=documented(429))
-    async def submit(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest]) -> Response[Accepted]:
-        job_id = await jobs.submit_query(data)
+    async def submit(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest],
+                     request: Request[Any, Any, Any]) -> Response[Accepted]:
+        asking = principal(request)
+        job_id = await jobs.submit_query(data, asking)
         return Response(
-            Accepted(id=job_id, links=links(job_id)),
+            Accepted(id=job_id, links=await jobs.job_links(job_id, asking)),
             status_code=HTTP_202_ACCEPTED,
             headers={"Location": f"/v1/queries/{job_id}"},
         )
 
     @get("/queries/{job_id:str}", summary="A job's status, and its answer once done", responses=documented(404))
-    async def status(self, jobs: NamedDependency[Jobs], job_id: FromPath[str]) -> JobView:
-        return await jobs.view(job_id)
+    async def status(self, jobs: NamedDependency[Jobs], job_id: FromPath[str], request: Request[Any, Any, Any]) -> JobView:
+        return await jobs.view(job_id, principal(request))
 
     @get("/queries/{job_id:str}/events", media_type=SSE, summary="The job's events as Server-Sent Events (resumable)",
          responses=documented(404))
@@ -43,10 +46,13 @@ class QueryController(Controller):
         self,
         jobs: NamedDependency[Jobs],
         job_id: FromPath[str],
+        request: Request[Any, Any, Any],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         after: Annotated[str | None, QueryParameter(name="after", required=False)] = None,
+        token: Annotated[str | None, QueryParameter(name="token", required=False, description=(
+            "The job's events token (links.events carries it): for browsers, whose EventSource sends no key"))] = None,
     ) -> Relay:
-        await jobs.require(job_id)
+        await jobs.require(job_id, principal(request))
         cursor = last_event_id if last_event_id is not None else after
         if cursor is not None:
             cursor = cursor.strip()
@@ -58,14 +64,18 @@ class QueryController(Controller):
 
     @delete("/queries/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job: its answer stops now",
             responses=documented(404, 409))
-    async def cancel(self, jobs: NamedDependency[Jobs], job_id: FromPath[str]) -> Response[Cancelling]:
-        status = await jobs.cancel(job_id)
-        return Response(Cancelling(id=job_id, status=status, links=links(job_id)), status_code=HTTP_202_ACCEPTED)
+    async def cancel(self, jobs: NamedDependency[Jobs], job_id: FromPath[str],
+                     request: Request[Any, Any, Any]) -> Response[Cancelling]:
+        asking = principal(request)
+        status = await jobs.cancel(job_id, asking)
+        return Response(Cancelling(id=job_id, status=status, links=await jobs.job_links(job_id, asking)),
+                        status_code=HTTP_202_ACCEPTED)
 
     @post("/ask", status_code=200, media_type=SSE, summary="Ask and stream the answer as Server-Sent Events in one request",
           responses=documented(429))
-    async def ask(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest]) -> Relay:
-        job_id = await jobs.submit_query(data)
+    async def ask(self, jobs: NamedDependency[Jobs], data: JSONBody[QueryRequest],
+                  request: Request[Any, Any, Any]) -> Relay:
+        job_id = await jobs.submit_query(data, principal(request))
         # A client that hangs up before the end cancels the job: nobody would read the answer.
         return jobs.events(job_id, on_abandon=lambda: jobs.cancel_soon(job_id),
                            headers={"X-Job-Id": job_id, "Location": f"/v1/queries/{job_id}"})

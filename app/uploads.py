@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Request
@@ -27,6 +27,7 @@ from multipart import MultipartSegment, ParserError, PushMultipartParser
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.auth import Principal
 from core.errors import BadRequest
 from core.events import EventWriter
 from core.holders import holder_gone, identity
@@ -37,6 +38,9 @@ from core.settings import Settings
 from ingest.chunker import TokenCounter
 from ingest.documents import Documents
 from ingest.producer import IngestFile, Producer
+
+if TYPE_CHECKING:
+    from app.tokens import EventTokens
 
 log = structlog.get_logger("app.uploads")
 
@@ -57,22 +61,30 @@ class Accepted(Struct, frozen=True, kw_only=True):
 
 
 class Uploads:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, tokens: EventTokens) -> None:
         self._redis = redis
         self._settings = settings
+        #: For the links of the jobs uploads and deletes open (their events tokens).
+        self.tokens = tokens
+        #: The documents' service, for deletes (jobs too).
+        self.documents = Documents(redis, settings)
         self._keys = Keys(settings.redis.prefix)
         #: Uploads being sent: referenced until done (the loop keeps only weak references to tasks).
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def accept(self, request: Request[Any, Any, Any]) -> Accepted:
-        """Receive the upload, open its ingest job, and start sending it; form fields ``collection``, ``force``."""
+    async def accept(self, request: Request[Any, Any, Any], asking: Principal) -> Accepted:
+        """Receive the upload, open its ingest job (the asking key's), and start sending it; form fields
+        ``collection``, ``force``. A key that may not write in no collection is refused before the body is read."""
+        asking.check_write()
         folder = Path(tempfile.mkdtemp(prefix="rag-upload-"))
         try:
             upload = await receive_upload(request, folder, self._settings.ingest.max_file_mb * 1024 * 1024)
             collection = collection_name(upload.fields.get("collection"))
+            asking.check_write(collection)
             force = upload.fields.get("force", "").lower() in {"1", "true", "yes", "on"}
             counter = await asyncio.to_thread(_counter)  # loads the tokenizer once per process
-            producer = Producer(self._redis, self._settings, collection=collection, force=force, counter=counter)
+            producer = Producer(self._redis, self._settings, collection=collection, force=force, counter=counter,
+                                owner=asking.key_id)
             job_id = new_id()
             await producer.open_job(job_id, 1)
             await self._redis.hset(self._keys.uploads, job_id, _mark(collection, identity()))
@@ -99,7 +111,7 @@ class Uploads:
         """Uploads whose API process is gone (killed mid-way): their jobs end with a clear error, their documents
         are marked failed; sent again, the same PDF is indexed under the same id (its chunks' ids too): no
         duplicates."""
-        registry = Documents(self._redis, self._settings).registry
+        registry = self.documents.registry
         events = EventWriter(self._redis, self._keys, self._settings.limits)
         failed = []
         for raw_job, raw in (await self._redis.hgetall(self._keys.uploads)).items():

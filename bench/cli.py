@@ -22,6 +22,8 @@ from tests.servers import ROOT
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "queue": ("bench.queue", ("questions with the least work at 64 in flight: our worker via Redis Streams and via "
               "HTTP+SSE, vs RQ and ARQ running no-op jobs")),
+    "auth": ("bench.auth", ("API keys: /v1/ask at 64 in flight through a key (lookup and token bucket, one Lua script a "
+             "request) vs RAG_API_AUTH=off, and a loopback API with no key yet")),
     "tokens": ("bench.tokens", "token relay: fake LLM as fast as it can -> worker -> Redis -> API -> SSE client"),
     "fanout": ("bench.fanout", "SSE fan-out: open streams on one API process, memory per stream, Redis connections"),
     "batching": ("bench.batching", "worker embedding chunks/s vs raw ONNX; extractive questions/s at 1, 8, 64"),

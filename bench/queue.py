@@ -107,11 +107,13 @@ class AskConnection(asyncio.Protocol):
             return await self.waiter
 
 
-async def http_load(url: str, ctx: Context, inflight: int, cpu_of: dict[str, int], what: str) -> Load:
+async def http_load(url: str, ctx: Context, inflight: int, cpu_of: dict[str, int], what: str, *,
+                    api_key: str | None = None) -> Load:
     """(b) POST /v1/ask and read the SSE stream to its end; one keep-alive connection per caller."""
     host, _, port = url.removeprefix("http://").partition(":")
     body = f'{{"question": "{QUESTION}"}}'.encode()
-    request = (f"POST /v1/ask HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+    request = (f"POST /v1/ask HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{auth}"
                f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     loop = asyncio.get_running_loop()
     idle: list[AskConnection] = []

@@ -15,8 +15,8 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Keys:
-    __slots__ = ("cancels", "dead", "documents", "ingest", "metrics", "prefix", "queries", "sources", "uploads",
-                 "workers")
+    __slots__ = ("api_keys", "cancels", "dead", "documents", "events_secret", "ingest", "metrics", "prefix", "queries",
+                 "sources", "uploads", "workers")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -35,6 +35,10 @@ class Keys:
         #: Hash ingest job id -> ``<collection>|<holder>`` of uploads an API process is reading and sending
         #: (core.holders): a restarted API fails those whose process is gone.
         self.uploads = f"{tag}:uploads"
+        #: Set of every API key's id (core.apikeys); empty or absent: no key exists.
+        self.api_keys = f"{tag}:apikeys"
+        #: The secret every API process signs and checks per-job events tokens with (app.tokens).
+        self.events_secret = f"{tag}:secret:events"
 
     def events(self, job_id: str) -> str:
         """The job's event stream."""
@@ -47,6 +51,15 @@ class Keys:
     def record(self, job_id: str) -> str:
         """The job's hash: kind, request, counters; proves the job exists."""
         return f"{self.prefix}:job:{{{job_id}}}:record"
+
+    def api_key(self, key_id: str) -> str:
+        """An API key's hash: its name, the SHA-256 of its secret, its scope and limits. Hash-tagged like the
+        set of ids and its bucket: the lookup script touches all three in one slot."""
+        return f"{{{self.prefix}}}:apikey:{key_id}"
+
+    def api_key_bucket(self, key_id: str) -> str:
+        """An API key's token bucket (its requests per second): tokens left and when they were counted."""
+        return f"{{{self.prefix}}}:apikey:{key_id}:bucket"
 
     def job_keys(self, job_id: str) -> list[str]:
         """The job's event stream, record and cancel flag: the keys of every script that writes its events."""

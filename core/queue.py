@@ -10,6 +10,7 @@ import asyncio
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
+from core.apikeys import OWNER
 from core.events import CANCELLED_BY_CLIENT, JobWriter, event_script
 from core.lua import script
 from core.protocol import JOB_FIELD, Job, encode_job
@@ -35,10 +36,12 @@ class CancelResult(IntEnum):
 #: The enqueue script's answer when the job was added (otherwise: the stream's length, over the limit).
 ENQUEUED: Final = -1
 
-# Cancelling a job: answers a CancelResult (NOT_STARTED: the `cancelled` event is written here).
-# KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the cancelled event's data.
+# Cancelling a job: answers a CancelResult (NOT_STARTED: the `cancelled` event is written here). A job another
+# API key created is UNKNOWN to the one asking. KEYS: events, record, cancel flag. ARGV: maxlen, ttl, the
+# cancelled event's data, the asking key's id ('': no key to check).
 _CANCEL = event_script("""
 if redis.call('EXISTS', KEYS[2]) == 0 then return $UNKNOWN end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], $OWNER) ~= ARGV[4] then return $UNKNOWN end
 local kind = last_kind(KEYS[1])
 if TERMINAL[kind] then return $FINISHED end
 redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[2]))
@@ -47,7 +50,7 @@ if not kind then
   return $NOT_STARTED
 end
 return $RUNNING
-""", **{result.name: result for result in CancelResult})
+""", OWNER=OWNER, **{result.name: result for result in CancelResult})
 
 # Enqueueing a job unless the stream already holds ``max`` (0: no limit): the check and the
 # XADD in one step, so a burst cannot overshoot the limit. KEYS: stream. ARGV: max, job.
@@ -95,10 +98,11 @@ class JobQueue(JobWriter):
         """One more message of an open job (a chunk batch), or a job without a record of its own."""
         await self._pipe.execute_command("XADD", stream, "*", JOB_FIELD, encode_job(job))
 
-    async def cancel(self, job_id: str) -> CancelResult:
-        """Set the job's cancel flag; a running job's worker is told at once."""
+    async def cancel(self, job_id: str, owner: str | None = None) -> CancelResult:
+        """Set the job's cancel flag; a running job's worker is told at once. With ``owner``, a job that API key
+        did not create is UNKNOWN."""
         result = CancelResult(int(await self._pipe.script(
-            self._cancel, self._keys.job_keys(job_id), [self._maxlen, self._ttl, CANCELLED_BY_CLIENT])))
+            self._cancel, self._keys.job_keys(job_id), [self._maxlen, self._ttl, CANCELLED_BY_CLIENT, owner or ""])))
         if result is CancelResult.RUNNING:
             await self._redis.publish(self._keys.cancels, job_id)
         return result

@@ -152,6 +152,12 @@ class ApiSettings(Struct, frozen=True, kw_only=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     #: SSE keepalive comment interval.
     keepalive_s: PositiveFloat = 15.0
+    #: API keys (``python -m app keys``): ``auto`` requires one once any exists, and answers without one only
+    #: on loopback until then (on another address with no key the API refuses to start); ``on`` always
+    #: requires one; ``off`` never does (every request may do everything: say so on purpose).
+    auth: Literal["auto", "on", "off"] = "auto"
+    #: How long the per-job events token returned with a job (for browsers' EventSource) is good for.
+    events_token_ttl_s: PositiveInt = 900
 
 
 class LimitSettings(Struct, frozen=True, kw_only=True):
@@ -166,6 +172,11 @@ class LimitSettings(Struct, frozen=True, kw_only=True):
     events_maxlen: PositiveInt = 5_000
     #: Seconds a job's events and record live after their last write.
     events_ttl_s: PositiveInt = 86_400
+    #: Requests per second an API key may make (a token bucket in Redis, shared by every API process), and
+    #: how many it may make at once after a pause; past them, 429 with Retry-After. 0: no limit.
+    #: ``keys create --rps/--burst`` overrides them for one key.
+    key_rps: Annotated[float, Meta(ge=0)] = 20.0
+    key_burst: PositiveInt = 40
 
 
 class IngestSettings(Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.apikeys import OWNER
 from core.documents import DocumentRecord, DocumentRegistry
 from core.hub import HubClosed, own_hub
 from core.keys import Keys
@@ -54,14 +55,19 @@ class Documents:
             return await asyncio.to_thread(document_id, path)
         return None
 
-    async def request_delete(self, document_id: str, collection: str | None = None) -> str | None:
-        """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown)."""
+    async def request_delete(self, document_id: str, collection: str | None = None, *,
+                             owner: str | None = None) -> str | None:
+        """Mark the document ``deleting`` and enqueue its deletion; the job id (None if unknown). ``owner``: the
+        API key the job belongs to (only it sees the job)."""
         collection = collection or DEFAULT_COLLECTION
         if await self.registry.get(collection, document_id) is None:
             return None
         job = new_job(DeleteDocument(document_id=document_id, collection=collection))
         await self.registry.update(collection, document_id, status="deleting")
-        await self._queue.submit(job, self._keys.ingest, {"document_id": document_id, "collection": collection})
+        record: dict[str, str | int] = {"document_id": document_id, "collection": collection}
+        if owner is not None:
+            record[OWNER] = owner
+        await self._queue.submit(job, self._keys.ingest, record)
         return job.id
 
     async def delete(self, document_id: str, collection: str | None = None, *, timeout_s: float = 60.0) -> int | None:

@@ -20,6 +20,7 @@ import pymupdf
 import structlog
 from msgspec import Struct
 
+from core.apikeys import OWNER
 from core.documents import DocumentRecord, DocumentRegistry
 from core.events import EventWriter
 from core.hub import EventHub, own_hub
@@ -123,7 +124,7 @@ def count_pages(paths: Iterable[Path]) -> int:
 class Producer:
     def __init__(self, redis: Redis, settings: Settings, *, collection: str | None = None,
                  force: bool = False, window_chunks: int | None = None,
-                 counter: TokenCounter | None = None) -> None:
+                 counter: TokenCounter | None = None, owner: str | None = None) -> None:
         self._redis = redis
         self._settings = settings
         self._keys = Keys(settings.redis.prefix)
@@ -134,6 +135,8 @@ class Producer:
         self._force = force
         self._window = window_chunks or settings.ingest.window_chunks
         self._counter = counter
+        #: The API key the ingest job belongs to (an upload's), if any: only it sees the job (app.auth).
+        self._owner = owner
 
     async def run(self, files: list[Path] | list[IngestFile],
                   on_update: Callable[[RunState, FileResult | None], None], *,
@@ -192,7 +195,10 @@ class Producer:
 
     async def open_job(self, job_id: str, files: int) -> None:
         """Create the ingest job's record: its id is known (and its events readable) from now on."""
-        await self._queue.create_record(job_id, {"kind": "ingest", "created_ms": now_ms(), "files": files})
+        record: dict[str, str | int] = {"kind": "ingest", "created_ms": now_ms(), "files": files}
+        if self._owner is not None:
+            record[OWNER] = self._owner
+        await self._queue.create_record(job_id, record)
 
     async def _send_file(self, item: IngestFile, state: RunState,
                          on_update: Callable[[RunState, FileResult | None], None]) -> FileResult:

@@ -143,3 +143,39 @@ def test_errors_in_words(browser: Any, service: Service) -> None:
     status = browser.find_element(By.ID, "status")
     wait(lambda: "no documents yet" in status.text, what="the empty collection's error in words")
     assert "error" in status.get_attribute("class")
+
+
+def test_a_key_in_the_page_and_the_events_token(browser: Any, service: Service, tmp_path: Path) -> None:
+    """With a key in the service, the page asks for it; pasted, it is kept in the browser and sent as a header,
+    and the answer's events come over EventSource with the job's own token. The key is revoked at the end: the
+    service is open again for the other tests."""
+    from selenium.webdriver.common.by import By
+
+    from tests.e2e.test_api_keys import keys_cli, make_key
+
+    def element(css: str) -> Any:
+        return browser.find_element(By.CSS_SELECTOR, css)
+
+    pdf = write_pdf(tmp_path / "keyed.pdf", {1: FACTS[1] * 2}, title="Keyed")
+    assert service.ingest(pdf).returncode == 0
+    key_id, key = make_key(service.env, "--name", "browser", "--collections", "default")
+    try:
+        browser.get(service.api_url + "/")
+        browser.execute_script("localStorage.clear()")
+        browser.refresh()
+        wait(lambda: "needs an API key" in element("#docs-note").text, what="the page to ask for a key")
+        element("#api-key").send_keys(key)
+        element("#question").click()  # the key field's change event
+        assert browser.execute_script("return localStorage.getItem('rag-stream-api-key')") == key
+        wait(lambda: "keyed.pdf" in element("#documents").text, what="the documents, with the key")
+        browser.refresh()  # kept across visits
+        assert element("#api-key").get_attribute("value") == key
+        element("#question").send_keys("Where does the Zephyr turbine generate electricity?")
+        element("#ask-button").click()
+        wait(lambda: element("#answer").get_attribute("data-done"), timeout=60, what="the answer, over the token")
+        assert "Zephyr" in element("#answer").text and "Zephyr" in element("#source-1").text
+        job = element("#answer").get_attribute("data-job")
+        assert httpx.get(f"{service.api_url}/v1/queries/{job}").status_code == 401
+    finally:
+        assert keys_cli(service.env, "revoke", key_id).returncode == 0
+        browser.execute_script("localStorage.clear()")
