@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 import openai
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Service, running_service
 from tests.pdfs import FACTS, write_pdf
