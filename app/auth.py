@@ -1,7 +1,8 @@
 """Who a request is: its API key's scope (or an events token's job), checked before any route runs.
 
 A key comes as ``Authorization: Bearer <key>`` (what the OpenAI SDKs send) or ``X-API-Key: <key>``; a job's
-events also take ``?token=`` (app.tokens), for browsers' EventSource. Every request looks its key up in Redis
+events also take ``?token=`` (app.tokens), for browsers' EventSource, and a cited document's pages a page token,
+for the links in an answer's citations that a browser follows from a chat client. Every request looks its key up in Redis
 and takes a token from the key's bucket in the same round trip (core.apikeys): no cache, so a revoked key fails
 at once on every API process, and the limit holds across them.
 
@@ -20,12 +21,13 @@ import ipaddress
 import math
 import re
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from litestar.enums import ScopeType
 
 from app.errors import Forbidden, RateLimited, Unauthorized
 from core.apikeys import parse_key
+from core.payload import collection_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from litestar import Request
     from litestar.types import ASGIApp, Receive, Scope, Send
 
-    from app.tokens import EventTokens
+    from app.tokens import LinkTokens
     from core.apikeys import ApiKeys, Lookup
     from core.apikeys import Scope as KeyScope
     from core.settings import Settings
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 #: The one route an events token opens: a job's events.
 _EVENTS = re.compile(r"^/v1/queries/([A-Za-z0-9_-]{1,64})/events$")
+#: The one route a page token opens: a cited document's pages (the links in an answer's citations).
+_PAGES = re.compile(r"^/v1/documents/([^/]{1,128})/pages/\d{1,9}$")
 
 
 class Principal(NamedTuple):
@@ -55,6 +59,8 @@ class Principal(NamedTuple):
     admin: bool
     #: An events token's job: that job's events are all it may read.
     job_id: str | None = None
+    #: A page token the request came with: the links of the page it opens carry it on.
+    page_token: str | None = None
 
     def reads(self, collection: str) -> bool:
         return self.job_id is None and (self.collections is None or collection in self.collections)
@@ -148,7 +154,7 @@ def _credential(scope: Scope) -> str | None:
 class Guard:
     """Finds a request's principal: the one Redis round trip of every request that needs a key."""
 
-    def __init__(self, settings: Settings, keys: ApiKeys, tokens: EventTokens) -> None:
+    def __init__(self, settings: Settings, keys: ApiKeys, tokens: LinkTokens) -> None:
         self._mode = settings.api.auth
         self._keys = keys
         self._tokens = tokens
@@ -184,6 +190,25 @@ class Guard:
             if open_here and not found.any_keys:
                 return OPEN
             raise Unauthorized("the key this events token was issued to is revoked", code="invalid_events_token")
+        pages = _PAGES.fullmatch(scope["path"])
+        token = _query_token(scope) if pages else None
+        if pages and token is not None:
+            document_id = unquote(pages.group(1))
+            collection = collection_name(_query_value(scope, "collection"))
+            try:
+                key_id = await self._tokens.verify_page(document_id, collection, token)
+            except Unauthorized:
+                if open_here and not (await self._keys.lookup(None, None)).any_keys:
+                    return OPEN
+                raise
+            found = await self._keys.lookup(key_id, None)
+            if found.scope is not None and (found.scope.collections is None or collection in found.scope.collections):
+                return _admitted(key_id, found, found.scope)._replace(
+                    collections=frozenset({collection}), write=False, admin=False, page_token=token)
+            if open_here and not found.any_keys:
+                return OPEN
+            raise Unauthorized("the key this page link was made for is revoked, or no longer reads its collection",
+                               code="invalid_page_token")
         if open_here and not (await self._keys.lookup(None, None)).any_keys:
             return OPEN
         raise Unauthorized("this API needs a key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
@@ -199,10 +224,14 @@ def _admitted(key_id: str, found: Lookup, scope: KeyScope) -> Principal:
 
 
 def _query_token(scope: Scope) -> str | None:
+    return _query_value(scope, "token")
+
+
+def _query_value(scope: Scope, name: str) -> str | None:
     raw = scope.get("query_string", b"")
-    if b"token=" not in raw:
+    if name.encode() + b"=" not in raw:
         return None
-    values = parse_qs(raw.decode("latin-1")).get("token")
+    values = parse_qs(raw.decode("latin-1")).get(name)
     return values[0] if values else None
 
 

@@ -27,7 +27,7 @@ from app.schemas import OpenAIErrorBody
 from core.documents import DocumentRegistry
 from core.errors import BadRequest
 from core.payload import COLLECTION_NAME
-from core.protocol import Done, Embed, Embeddings, Query, Turn, decode_vector
+from core.protocol import Done, Embed, Embeddings, Query, Source, Turn, decode_vector
 
 if TYPE_CHECKING:
     from app.jobs import Jobs
@@ -173,9 +173,15 @@ class Compat:
         readable_model(request.model, asking)
         job_id = await self._jobs.submit(query, {"question": query.question}, asking)
         collection = query.collection or request.model
+        key_id = asking.key_id
+        secret = await self._jobs.tokens.secret() if key_id else None
+
+        def url(source: Source) -> str:
+            token = self._jobs.tokens.page(secret, source.document_id, collection, key_id) if secret and key_id else None
+            return page_url(base_url, source, collection, token)
+
         translation = Translation(
-            completion_id=f"chatcmpl-{job_id}", model=request.model, created=int(time.time()),
-            url=lambda source: page_url(base_url, source, collection),
+            completion_id=f"chatcmpl-{job_id}", model=request.model, created=int(time.time()), url=url,
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             source_list=request.sources_in_answer)
         return ChatRelay(self._jobs, job_id, translation, stream=request.stream,

@@ -14,13 +14,12 @@ import asyncio
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
 
 import msgspec
 
 from app.errors import Failure, openai_error
+from app.pages import page_path
 from app.relay import KEEPALIVE, until_hangup
-from core.payload import DEFAULT_COLLECTION
 from core.protocol import EMPTY_COLLECTION, Cancelled, Done, Error, Event, Restart, Source, Sources, Token
 
 if TYPE_CHECKING:
@@ -39,10 +38,10 @@ _JOB_ERRORS: Final = {EMPTY_COLLECTION: (404, "model_not_found"), "llm_bad_reque
                       "empty_question": (400, "empty_question"), "llm_unavailable": (503, "llm_unavailable")}
 
 
-def page_url(base: str, source: Source, collection: str) -> str:
-    """The URL of a source's page on this service."""
-    query = "" if collection == DEFAULT_COLLECTION else f"?collection={quote(collection)}"
-    return f"{base}/v1/documents/{quote(source.document_id)}/pages/{source.page}{query}"
+def page_url(base: str, source: Source, collection: str, token: str | None = None) -> str:
+    """The URL of a source's page on this service (with a page token, when a key asked: a browser that follows
+    the link from a chat client sends no key)."""
+    return base + page_path(source.document_id, source.page, collection, token)
 
 
 def citation_title(source: Source) -> str:

@@ -66,7 +66,7 @@ class Overloaded(RagError):
 
 class Unauthorized(RagError):
     """No API key, or one that is not (or no longer) a key: 401. Codes ``missing_api_key``, ``invalid_api_key``,
-    ``invalid_events_token``, ``events_token_expired``."""
+    ``invalid_events_token``, ``events_token_expired``, ``invalid_page_token``, ``page_token_expired``."""
 
     code = "invalid_api_key"
     permanent = True
@@ -110,7 +110,8 @@ _DESCRIBED = {
          "`question_too_long`, `invalid_top_k`, `invalid_last_event_id`, `invalid_collection`, `invalid_upload`, "
          "`invalid_entry_id`, `ambiguous_document`, `invalid_key_name`, `invalid_key_limit`)",
     401: "No API key (`missing_api_key`), or not a valid one (`invalid_api_key`); for a job's events, an events "
-         "token that is wrong (`invalid_events_token`) or expired (`events_token_expired`)",
+         "token that is wrong (`invalid_events_token`) or expired (`events_token_expired`); for a cited page, a page "
+         "token that is wrong (`invalid_page_token`) or expired (`page_token_expired`)",
     403: "The key may not do this: another collection, writing, administering (`forbidden`)",
     404: "No such job, document, page, dead job, model or API key (`job_not_found`, `document_not_found`, "
          "`page_not_found`, `dead_job_not_found`, `model_not_found`, `key_not_found`); another key's job is not "

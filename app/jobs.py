@@ -35,7 +35,7 @@ from core.queue import CancelResult, JobQueue
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from app.tokens import EventTokens
+    from app.tokens import LinkTokens
     from core.hub import EventHub, Subscription
     from core.settings import Settings
 
@@ -58,19 +58,19 @@ def links(job_id: str, events_token: str | None = None) -> Links:
     return Links(self=f"/v1/queries/{job_id}", events=f"{events}?token={events_token}" if events_token else events)
 
 
-async def job_links(tokens: EventTokens, job_id: str, principal: Principal) -> Links:
+async def job_links(tokens: LinkTokens, job_id: str, principal: Principal) -> Links:
     """A job's URLs, its events' with a fresh events token when a key asks."""
     key_id = principal.key_id
     return links(job_id, await tokens.issue(job_id, key_id) if key_id and principal.job_id is None else None)
 
 
 class Jobs:
-    def __init__(self, redis: Redis, settings: Settings, hub: EventHub, tokens: EventTokens) -> None:
+    def __init__(self, redis: Redis, settings: Settings, hub: EventHub, tokens: LinkTokens) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self._hub = hub
-        self._tokens = tokens
+        self.tokens = tokens
         self._queue = JobQueue(redis, self.keys, settings.limits)
         self._background: set[asyncio.Task[object]] = set()
 
@@ -143,7 +143,7 @@ class Jobs:
         self._hub.unsubscribe(subscription)
 
     async def job_links(self, job_id: str, principal: Principal) -> Links:
-        return await job_links(self._tokens, job_id, principal)
+        return await job_links(self.tokens, job_id, principal)
 
     async def cancel(self, job_id: str, principal: Principal | None = None) -> Literal["cancelled", "cancelling"]:
         """'cancelled' (it had not started), 'cancelling' (its worker stops it now). Another key's job is unknown

@@ -25,7 +25,7 @@ from app.jobs import Jobs
 from app.metrics import ApiMetrics
 from app.pages import Pages
 from app.routes import QueryController, healthz, readyz
-from app.tokens import EventTokens
+from app.tokens import LinkTokens
 from app.uploads import Uploads
 from app.web import index
 from core.apikeys import ApiKeys
@@ -73,7 +73,8 @@ class Services:
         self.hub = EventHub(redis, reader)
         # API keys: every request's key looked up in Redis (app.auth); job events tokens signed (app.tokens).
         self.api_keys = ApiKeys(redis, Keys(self.settings.redis.prefix), self.settings.limits)
-        tokens = EventTokens(redis, Keys(self.settings.redis.prefix), self.settings.api.events_token_ttl_s)
+        tokens = LinkTokens(redis, Keys(self.settings.redis.prefix), self.settings.api.events_token_ttl_s,
+                            self.settings.api.page_link_ttl_s)
         self.guard = Guard(self.settings, self.api_keys, tokens)
         await self._refuse_unsafe_start(redis)
         self.jobs = Jobs(redis, self.settings, self.hub, tokens)

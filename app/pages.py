@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from msgspec import Struct
 
@@ -37,9 +38,11 @@ class PageView(Struct, kw_only=True):
     links: PageLinks
 
 
-def page_path(document_id: str, page: int, collection: str) -> str:
-    query = "" if collection == DEFAULT_COLLECTION else f"?collection={collection}"
-    return f"/v1/documents/{document_id}/pages/{page}{query}"
+def page_path(document_id: str, page: int, collection: str, token: str | None = None) -> str:
+    """A page's path on this service; with the page token a link was signed with, when there is one."""
+    params = ([] if collection == DEFAULT_COLLECTION else [f"collection={quote(collection)}"]) + (
+        [f"token={quote(token)}"] if token else [])
+    return f"/v1/documents/{quote(document_id)}/pages/{page}" + (f"?{'&'.join(params)}" if params else "")
 
 
 class Pages:
@@ -61,8 +64,8 @@ class Pages:
         text = next(e for e in await self._jobs.result(job_id) if isinstance(e, PageText))
         return PageView(document=view(record), page=page, text=text.text, chunks=text.chunks, links=PageLinks(
             document=f"/v1/documents/{document_id}" + ("" if name == DEFAULT_COLLECTION else f"?collection={name}"),
-            previous=page_path(document_id, page - 1, name) if page > 1 else None,
-            next=page_path(document_id, page + 1, name) if page < record.pages else None))
+            previous=page_path(document_id, page - 1, name, asking.page_token) if page > 1 else None,
+            next=page_path(document_id, page + 1, name, asking.page_token) if page < record.pages else None))
 
 
 def page_html(page: PageView) -> str:

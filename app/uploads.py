@@ -40,7 +40,7 @@ from ingest.documents import Documents
 from ingest.producer import IngestFile, Producer
 
 if TYPE_CHECKING:
-    from app.tokens import EventTokens
+    from app.tokens import LinkTokens
 
 log = structlog.get_logger("app.uploads")
 
@@ -61,7 +61,7 @@ class Accepted(Struct, frozen=True, kw_only=True):
 
 
 class Uploads:
-    def __init__(self, redis: Redis, settings: Settings, tokens: EventTokens) -> None:
+    def __init__(self, redis: Redis, settings: Settings, tokens: LinkTokens) -> None:
         self._redis = redis
         self._settings = settings
         #: For the links of the jobs uploads and deletes open (their events tokens).

@@ -158,6 +158,9 @@ class ApiSettings(Struct, frozen=True, kw_only=True):
     auth: Literal["auto", "on", "off"] = "auto"
     #: How long the per-job events token returned with a job (for browsers' EventSource) is good for.
     events_token_ttl_s: PositiveInt = 900
+    #: How long the page links in an answer's citations (signed for the key that asked) stay good: chat clients
+    #: keep them in their history, and revoking the key ends them at once.
+    page_link_ttl_s: PositiveInt = 7 * 86_400
 
 
 class LimitSettings(Struct, frozen=True, kw_only=True):

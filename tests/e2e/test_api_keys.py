@@ -167,8 +167,23 @@ def test_key_a_never_sees_collection_b(world: World) -> None:
     assert "Zephyr" in (completion.choices[0].message.content or "")
     assert {r["document_id"] for r in completion.search_results} == {world.documents["alpha"]}  # type: ignore[attr-defined]
     # Its citation links (pages) open with the key, within its collection.
-    page = httpx.get(completion.citations[0], headers=alpha)  # type: ignore[attr-defined]
+    link: str = completion.citations[0]  # type: ignore[attr-defined]
+    page = httpx.get(link, headers=alpha)
     assert page.status_code == 200 and "Zephyr" in page.json()["text"]
+    # ... and with no key at all, as a browser following the link from a chat client: the page token opens
+    # that document's pages in that collection, and nothing else.
+    assert "token=" in link
+    opened = httpx.get(link)
+    assert opened.status_code == 200 and opened.json()["text"] == page.json()["text"]
+    token = link.partition("token=")[2]
+    for elsewhere in (f"/v1/documents/{beta_doc}/pages/1?collection=beta&token={token}",
+                      f"/v1/documents/{beta_doc}/pages/1?collection=alpha&token={token}",
+                      f"/v1/documents/{world.documents['alpha']}/pages/1?token={token}",  # the default collection
+                      f"/v1/documents/{world.documents['alpha']}?collection=alpha&token={token}",
+                      "/v1/documents?collection=alpha&token=" + token):
+        refused = httpx.get(world.api2 + elsewhere)
+        assert refused.status_code == 401, elsewhere
+    assert error(httpx.get(link.replace("token=", "token=x"))) == (401, "invalid_page_token")
 
 
 def test_a_stolen_job_id_is_useless_without_its_key(world: World) -> None:
