@@ -30,7 +30,7 @@ from core.apikeys import parse_key
 from core.payload import collection_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from litestar import Request
     from litestar.types import ASGIApp, Receive, Scope, Send
@@ -173,46 +173,42 @@ class Guard:
             if open_here and not found.any_keys:
                 return OPEN  # no key exists: what clients send anyway (the openai SDK needs one) is not checked
             raise Unauthorized("the API key is not valid: unknown, revoked or mistyped", code="invalid_api_key")
-        events = _EVENTS.fullmatch(scope["path"])
-        token = _query_token(scope) if events else None
-        if events and token is not None:
+        token = _query_token(scope)
+        if token is not None and (events := _EVENTS.fullmatch(scope["path"])):
             job_id = events.group(1)
-            try:
-                key_id = await self._tokens.verify(job_id, token)
-            except Unauthorized:
-                if open_here and not (await self._keys.lookup(None, None)).any_keys:
-                    return OPEN
-                raise
-            found = await self._keys.lookup(key_id, None)
-            if found.scope is not None:
-                return _admitted(key_id, found, found.scope)._replace(collections=frozenset(), write=False,
-                                                                      admin=False, job_id=job_id)
-            if open_here and not found.any_keys:
-                return OPEN
-            raise Unauthorized("the key this events token was issued to is revoked", code="invalid_events_token")
-        pages = _PAGES.fullmatch(scope["path"])
-        token = _query_token(scope) if pages else None
-        if pages and token is not None:
-            document_id = unquote(pages.group(1))
+            return await self._by_token(
+                self._tokens.verify(job_id, token), open_here, lambda _: True,
+                {"collections": frozenset(), "job_id": job_id},
+                "the key this events token was issued to is revoked", "invalid_events_token")
+        if token is not None and (pages := _PAGES.fullmatch(scope["path"])):
             collection = collection_name(_query_value(scope, "collection"))
-            try:
-                key_id = await self._tokens.verify_page(document_id, collection, token)
-            except Unauthorized:
-                if open_here and not (await self._keys.lookup(None, None)).any_keys:
-                    return OPEN
-                raise
-            found = await self._keys.lookup(key_id, None)
-            if found.scope is not None and (found.scope.collections is None or collection in found.scope.collections):
-                return _admitted(key_id, found, found.scope)._replace(
-                    collections=frozenset({collection}), write=False, admin=False, page_token=token)
-            if open_here and not found.any_keys:
-                return OPEN
-            raise Unauthorized("the key this page link was made for is revoked, or no longer reads its collection",
-                               code="invalid_page_token")
+            return await self._by_token(
+                self._tokens.verify_page(unquote(pages.group(1)), collection, token), open_here,
+                lambda scope: scope.collections is None or collection in scope.collections,
+                {"collections": frozenset({collection}), "page_token": token},
+                "the key this page link was made for is revoked, or no longer reads its collection",
+                "invalid_page_token")
         if open_here and not (await self._keys.lookup(None, None)).any_keys:
             return OPEN
         raise Unauthorized("this API needs a key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
                            "(an administrator makes one with `python -m app keys create`)", code="missing_api_key")
+
+    async def _by_token(self, verified: Awaitable[str], open_here: bool, still_reads: Callable[[KeyScope], bool],
+                        narrowed: dict[str, Any], revoked: str, code: str) -> Principal:
+        """The principal of a signed link (an events or a page token): its key's, narrowed to what the link opens,
+        while the key exists and still reads it."""
+        try:
+            key_id = await verified
+        except Unauthorized:
+            if open_here and not (await self._keys.lookup(None, None)).any_keys:
+                return OPEN
+            raise
+        found = await self._keys.lookup(key_id, None)
+        if found.scope is not None and still_reads(found.scope):
+            return _admitted(key_id, found, found.scope)._replace(write=False, admin=False, **narrowed)
+        if open_here and not found.any_keys:
+            return OPEN
+        raise Unauthorized(revoked, code=code)
 
 
 def _admitted(key_id: str, found: Lookup, scope: KeyScope) -> Principal:
