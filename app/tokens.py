@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class LinkTokens:
-    def __init__(self, redis: Redis, keys: Keys, ttl_s: int, page_ttl_s: int = 7 * 86_400) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int, page_ttl_s: int) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s

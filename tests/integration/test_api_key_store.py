@@ -54,17 +54,17 @@ async def test_a_keys_own_limit_and_every_collection(redis: Redis, prefix: str) 
 
 
 async def test_events_tokens_open_one_job_until_they_expire(redis: Redis, prefix: str) -> None:
-    tokens = LinkTokens(redis, Keys(prefix), ttl_s=60)
+    tokens = LinkTokens(redis, Keys(prefix), ttl_s=60, page_ttl_s=60)
     token = await tokens.issue("job1", "0123456789ab")
     assert await tokens.verify("job1", token) == "0123456789ab"
     # Another API process (same Redis) checks it with the same secret.
-    assert await LinkTokens(redis, Keys(prefix), ttl_s=60).verify("job1", token) == "0123456789ab"
+    assert await LinkTokens(redis, Keys(prefix), ttl_s=60, page_ttl_s=60).verify("job1", token) == "0123456789ab"
     for job, forged in (("job2", token), ("job1", token.replace("0123456789ab", "ba9876543210")),
                         ("job1", token[:-1] + ("A" if token[-1] != "A" else "B")), ("job1", "garbage")):
         with pytest.raises(Unauthorized) as refused:
             await tokens.verify(job, forged)
         assert refused.value.code == "invalid_events_token"
-    expired = await LinkTokens(redis, Keys(prefix), ttl_s=-1).issue("job1", "0123456789ab")
+    expired = await LinkTokens(redis, Keys(prefix), ttl_s=-1, page_ttl_s=60).issue("job1", "0123456789ab")
     with pytest.raises(Unauthorized) as late:
         await tokens.verify("job1", expired)
     assert late.value.code == "events_token_expired"
